@@ -1,0 +1,83 @@
+"""Train a preset or any encoder x LM combination, tracked in MLflow.
+
+    python -m experiments.run tiny                                   # offline, minutes on CPU
+    python -m experiments.run original_small --random_init --dry_run # resolved config + parameter counts
+    python -m experiments.run dinov3_gemma --freeze_vision_encoder --lr_mp 1e-3
+    python -m experiments.run --list                                 # presets and backbones
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from experiments.cli import add_config_flags, config_from_args, parse
+from experiments.presets import PRESETS, describe
+from nanovlm import backbones
+from nanovlm.config import ConfigError, ExperimentConfig, flatten
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m experiments.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    parser.add_argument("preset", nargs="?", default="default", help=f"one of: {', '.join(PRESETS)}")
+    parser.add_argument("--list", action="store_true", help="list presets and backbones, then exit")
+    parser.add_argument("--dry_run", "--dry-run", action="store_true",
+                        help="print the resolved config and parameter counts, then exit (no download)")
+    parser.add_argument("--json", action="store_true", help="with --dry_run: print JSON")
+    parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="PATH",
+                        help="resume the run: its latest checkpoint, or the checkpoint at PATH")
+    add_config_flags(parser)
+    return parser
+
+
+def dry_run(cfg: ExperimentConfig) -> dict:
+    """Resolved configuration, architecture and parameter counts, built on the meta device."""
+    from nanovlm.model.vlm import build_vlm
+    from nanovlm.optim import apply_freezing
+
+    model = build_vlm(cfg.model, meta=True)
+    apply_freezing(model, cfg.train)
+    return {"preset": cfg.preset, "config": flatten(cfg), "architecture": model.arch.describe(),
+            "parameters": model.parameter_counts()}
+
+
+def _print_dry_run(info: dict) -> None:
+    print(f"preset: {info['preset']}")
+    print("config:")
+    for key, value in info["config"].items():
+        print(f"  {key:<36} {value}")
+    print("architecture:")
+    for key, value in info["architecture"].items():
+        print(f"  {key:<36} {value}")
+    print("parameters:")
+    for key, value in info["parameters"].items():
+        print(f"  {key:<36} {value:>14,}  ({value / 1e6:.2f}M)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parse(parser, argv)
+    if args.list:
+        print("Presets:\n" + describe() + "\n\n" + backbones.describe())
+        return 0
+    try:
+        cfg = config_from_args(args, args.preset)
+        if args.dry_run:
+            info = dry_run(cfg)
+            print(json.dumps(info, indent=2, default=str)) if args.json else _print_dry_run(info)
+            return 0
+        from experiments.runner import run_experiment
+
+        result = run_experiment(cfg, resume=args.resume)
+    except (ConfigError, backbones.BackboneUnavailable) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"run {result.run_id} finished: {result.summary()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""Configuration: frozen dataclasses for the model, data, training and the whole experiment.
+
+Each field carries its help text in `metadata["help"]`; the command line (`experiments/run.py`) is
+generated from these fields, so a field is declared once, here. Change a config with `override`:
+
+    cfg = override(cfg, {"train.lr_mp": 1e-3, "model.language_model": "gemma"})
+
+Field names are unique across sections, so the short form `override(cfg, {"lr_mp": 1e-3})` works too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vision_encoder: str = _f("siglip", "vision encoder: a registry key (see --list), hub id or local path")
+    dinov3_model: str = _f("vits16plus", "DINOv3 size when vision_encoder=dinov3: vits16, vits16plus, vitb16, vitl16")
+    language_model: str = _f("smollm", "language model: a registry key (see --list), hub id or local path")
+    image_size: int = _f(0, "input resolution in pixels; 0 = the encoder's own (from its preprocessor config)")
+    pixel_shuffle_factor: int = _f(0, "projector pixel-shuffle factor; 0 = derived from image_tokens")
+    image_tokens: int = _f(64, "image tokens per image after the projector (used when pixel_shuffle_factor=0)")
+    image_token: str = _f("<|image|>", "placeholder token added to the LM vocabulary, repeated image_tokens times")
+    random_init: bool = _f(False, "random weights at real size from the bundled hub configs: no download")
+    tiny: bool = _f(False, "use the tiny offline stand-in of each backbone family (built locally on first use)")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = _f("synthetic", "'synthetic', a hub id (the_cauldron/FineVision schema) or a local path")
+    subsets: str = _f("", "comma-separated dataset subsets (hub configs), '' = the default one")
+    streaming: bool = _f(False, "stream a hub dataset instead of downloading it")
+    train_samples: int = _f(2000, "synthetic: number of training examples; others: cap (0 = all)")
+    val_samples: int = _f(200, "held-out validation examples")
+    max_length: int = _f(512, "max tokens per sample (longer samples are skipped and counted)")
+    num_workers: int = _f(0, "DataLoader worker processes")
+    max_skip_fraction: float = _f(0.1, "stop with an error when more than this fraction of samples is unreadable")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lr_mp: float = _f(0.00512, "learning rate of the modality projector (trained from scratch, so high)")
+    lr_backbones: float = _f(5e-05, "learning rate of both backbones; 0 freezes them")
+    lr_vision: float = _f(-1.0, "vision encoder learning rate; -1 = lr_backbones, 0 = frozen")
+    lr_language: float = _f(-1.0, "language model learning rate; -1 = lr_backbones, 0 = frozen")
+    freeze_vision_encoder: bool = _f(False, "freeze the vision encoder (Locked-image Text tuning)")
+    batch_size: int = _f(2, "samples per device per micro-step")
+    gradient_accumulation_steps: int = _f(32, "micro-steps per optimizer step", aliases=("grad_accum",))
+    max_steps: int = _f(5000, "optimizer steps", aliases=("max_training_steps",))
+    warmup_ratio: float = _f(0.03, "fraction of max_steps of linear warmup before the cosine decay")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    max_grad_norm: float = _f(1.0, "gradient clipping norm; 0 disables clipping")
+    validation_steps: int = _f(500, "compute the validation loss every N steps")
+    eval_interval: int = _f(500, "every N steps, keep the checkpoint with the best validation loss")
+    save_checkpoint_steps: int = _f(1000, "write a resumable checkpoint every N steps")
+    keep_checkpoints: int = _f(2, "resumable checkpoints to keep (plus the best)")
+    compile: bool = _f(False, "torch.compile the model")
+    seed: int = _f(0, "random seed (weights of new parts, data order)")
+    device: str = _f("auto", "auto, cpu or cuda")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    preset: str = _f("default", "name of the preset this config came from")
+    run_name: str = _f("", "MLflow run name and output folder name; '' = derived from preset and overrides")
+    experiment: str = _f("nanovlm", "MLflow experiment name")
+    output_dir: str = _f("runs", "where run folders (checkpoints, results) are written")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+SECTIONS = ("model", "data", "train")
+
+
+class ConfigError(ValueError):
+    """A bad configuration value or name; the message says how to fix it."""
+
+
+def field_help(cls: type, name: str) -> str:
+    return next(f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == name)
+
+
+def _leaf_fields(cfg: ExperimentConfig) -> dict[str, tuple[str | None, dataclasses.Field]]:
+    """Every settable field: dotted name -> (section or None, Field)."""
+    out: dict[str, tuple[str | None, dataclasses.Field]] = {}
+    for f in dataclasses.fields(cfg):
+        if f.name in SECTIONS:
+            for sub in dataclasses.fields(getattr(cfg, f.name)):
+                out[f"{f.name}.{sub.name}"] = (f.name, sub)
+        else:
+            out[f.name] = (None, f)
+    return out
+
+
+def field_index(cfg: ExperimentConfig | None = None) -> dict[str, str]:
+    """Every accepted key (dotted, short and aliases) -> its dotted name."""
+    cfg = cfg or ExperimentConfig()
+    index: dict[str, str] = {}
+    for dotted, (_, f) in _leaf_fields(cfg).items():
+        for key in (dotted, f.name, *f.metadata.get("aliases", ())):
+            index[key] = dotted
+    return index
+
+
+def _coerce(value: Any, typ: Any, name: str) -> Any:
+    """Parse `value` (often a command-line string) into the field's declared type."""
+    typ = {"int": int, "float": float, "bool": bool, "str": str}.get(typ, typ)
+    if isinstance(value, str) and typ is not str:
+        text = value.strip().lower()
+        if typ is bool:
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ConfigError(f"{name}: expected true/false, got {value!r}")
+        try:
+            return typ(value)
+        except ValueError:
+            raise ConfigError(f"{name}: expected {typ.__name__}, got {value!r}") from None
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ in (int, float, bool, str) and not isinstance(value, typ):
+        raise ConfigError(f"{name}: expected {typ.__name__}, got {value!r}")
+    if typ is int and isinstance(value, bool):
+        raise ConfigError(f"{name}: expected int, got {value!r}")
+    return value
+
+
+def unknown_key_error(key: str, valid: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
+    hint = f" Did you mean: {', '.join(close)}?" if close else f" Valid: {', '.join(sorted(valid))}"
+    return ConfigError(f"unknown config field {key!r}.{hint}")
+
+
+def override(cfg: ExperimentConfig, changes: dict[str, Any]) -> ExperimentConfig:
+    """A copy of `cfg` with `changes` applied; keys are dotted (`train.lr_mp`), short or aliases."""
+    index = field_index(cfg)
+    leaves = _leaf_fields(cfg)
+    per_section: dict[str | None, dict[str, Any]] = {}
+    for key, value in changes.items():
+        if key not in index:
+            raise unknown_key_error(key, [k for k in index if "." in k or k in leaves])
+        dotted = index[key]
+        section, f = leaves[dotted]
+        per_section.setdefault(section, {})[f.name] = _coerce(value, f.type, dotted)
+    top = per_section.pop(None, {})
+    for section, values in per_section.items():
+        top[section] = dataclasses.replace(getattr(cfg, section), **values)
+    return dataclasses.replace(cfg, **top)
+
+
+def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dataclass -> {"train.lr_mp": 0.00512, ...} (for MLflow params and diffs)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(flatten(value, f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = value
+    return out
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Inverse of `to_dict`; unknown keys are an error (a config from another version)."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(names)
+    if unknown:
+        raise ConfigError(f"{cls.__name__}: unknown fields {sorted(unknown)} (config from another version?)")
+    kwargs = {}
+    for name, value in data.items():
+        sub = _dataclass_type(names[name].type)
+        kwargs[name] = from_dict(sub, value) if sub and isinstance(value, dict) else value
+    return cls(**kwargs)
+
+
+def _dataclass_type(typ: Any) -> type | None:
+    typ = {"ModelConfig": ModelConfig, "DataConfig": DataConfig, "TrainConfig": TrainConfig}.get(typ, typ)
+    return typ if isinstance(typ, type) and dataclasses.is_dataclass(typ) else None
+
+
+def diff(a: Any, b: Any) -> dict[str, tuple[Any, Any]]:
+    """Fields whose values differ: name -> (a's value, b's value)."""
+    fa, fb = flatten(a), flatten(b)
+    return {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)}
+
+
+def dumps(cfg: Any) -> str:
+    return json.dumps(to_dict(cfg), indent=2, sort_keys=False)
+

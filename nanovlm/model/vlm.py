@@ -1,0 +1,350 @@
+"""The vision-language model: vision encoder -> pixel-shuffle projector -> causal LM.
+
+    model = build_vlm(ModelConfig(tiny=True))                 # backbones through transformers
+    loss = model(input_ids, attention_mask, images, labels)  # cross-entropy on answer tokens only
+    new_tokens = model.generate(input_ids, attention_mask, images, max_new_tokens=8)
+    model.save_pretrained("ckpt"); VisionLanguageModel.from_pretrained("ckpt")
+
+`resolve_architecture(cfg)` reads every dimension from the backbones' configs (bundled snapshots
+when possible, so it needs no download) and checks the image geometry before anything is built.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nanovlm import backbones
+from nanovlm.config import ConfigError, ModelConfig, diff, from_dict, to_dict
+from nanovlm.data.processors import ImageTransform, load_tokenizer, prepare_tokenizer, stop_token_ids
+from nanovlm.files import atomic_directory, read_json, write_json
+from nanovlm.model.projector import ModalityProjector
+from nanovlm.model.vision import VisionEncoder
+
+log = logging.getLogger(__name__)
+WEIGHTS = "model.safetensors"
+# Fields that do not change the network: a checkpoint may differ in them.
+NON_ARCHITECTURE_FIELDS = {"random_init"}
+
+
+class IncompatibleCheckpoint(ValueError):
+    """A checkpoint whose architecture differs from the one asked for."""
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Everything `build_vlm` needs, resolved and checked at config time."""
+
+    cfg: ModelConfig
+    vision_source: str
+    language_source: str
+    vision_config: Any  # transformers config of the vision tower
+    language_config: Any  # transformers config of the causal LM
+    transform: ImageTransform
+    patch_size: int
+    grid: int  # patches per side
+    factor: int  # pixel shuffle factor
+    image_tokens: int  # per image, after the projector
+    prefix_tokens: int  # CLS + registers dropped from the encoder output
+
+    def describe(self) -> dict[str, Any]:
+        return {"vision": self.vision_source, "language": self.language_source, "image_size": self.transform.size,
+                "patch_size": self.patch_size, "patch_grid": f"{self.grid}x{self.grid}",
+                "pixel_shuffle_factor": self.factor, "image_tokens": self.image_tokens,
+                "dropped_prefix_tokens": self.prefix_tokens, "vision_hidden": self.vision_config.hidden_size,
+                "language_hidden": self.language_config.hidden_size}
+
+
+def shuffle_factor(grid: int, cfg: ModelConfig) -> int:
+    """The pixel-shuffle factor: given, or derived from the wanted number of image tokens.
+
+    A derived factor must divide the patch grid; when image_tokens is not reachable exactly (a
+    preset's 64 tokens on a 224 px encoder, say) the nearest reachable count is used and logged,
+    so swapping the encoder of a preset just works. An explicit factor that does not divide is an error.
+    """
+    divisors = [f for f in range(1, grid + 1) if grid % f == 0]
+    if cfg.pixel_shuffle_factor:
+        if grid % cfg.pixel_shuffle_factor:
+            raise ConfigError(f"the {grid}x{grid} patch grid is not divisible by pixel_shuffle_factor "
+                              f"{cfg.pixel_shuffle_factor}; use a factor in {divisors} or change image_size")
+        return cfg.pixel_shuffle_factor
+    factor = min(divisors, key=lambda f: (abs((grid // f) ** 2 - cfg.image_tokens), f))
+    if (grid // factor) ** 2 != cfg.image_tokens:
+        log.warning("a %dx%d patch grid cannot give %d image tokens (reachable: %s); using %d (pixel shuffle %d)",
+                    grid, grid, cfg.image_tokens, [(grid // f) ** 2 for f in divisors], (grid // factor) ** 2, factor)
+    return factor
+
+
+def resolve_architecture(cfg: ModelConfig) -> Architecture:
+    vision_source, language_source = backbones.resolve_vision(cfg), backbones.resolve_language(cfg)
+    with _quiet_transformers():
+        vision_config = backbones.vision_tower_config(backbones.load_backbone_config(vision_source))
+        language_config = backbones.load_backbone_config(language_source)
+    pre = backbones.read_json_file(vision_source, "preprocessor_config.json")
+    transform = ImageTransform.from_preprocessor(pre, cfg.image_size)
+    patch = int(vision_config.patch_size)
+    if transform.size % patch:
+        ok = sorted({transform.size // patch * patch, (transform.size // patch + 1) * patch})
+        raise ConfigError(f"image_size {transform.size} is not divisible by the patch size {patch} of "
+                          f"{vision_source}; use {' or '.join(map(str, ok))}")
+    grid = transform.size // patch
+    factor = shuffle_factor(grid, cfg)
+    return Architecture(cfg, vision_source, language_source, vision_config, language_config, transform,
+                        patch, grid, factor, (grid // factor) ** 2, backbones.num_prefix_tokens(vision_config))
+
+
+class VisionLanguageModel(nn.Module):
+    def __init__(self, arch: Architecture, vision: VisionEncoder, lm: nn.Module, tokenizer: Any):
+        super().__init__()
+        self.arch, self.cfg, self.tokenizer = arch, arch.cfg, tokenizer
+        self.vision = vision
+        self.projector = ModalityProjector(arch.vision_config.hidden_size, lm.config.hidden_size, arch.factor)
+        self.lm = lm
+        self.image_token_id = tokenizer.convert_tokens_to_ids(arch.cfg.image_token) if tokenizer else -1
+        self.image_placeholder = arch.cfg.image_token * arch.image_tokens
+        # Gemma 3 multiplies token embeddings by sqrt(hidden) inside its embedding layer; image
+        # features replace embeddings after that layer, so they get the same factor.
+        self.embed_scale = float(getattr(lm.get_input_embeddings(), "scalar_embed_scale", 1.0))
+
+    # ---------------------------------------------------------------- forward
+
+    def embed(self, input_ids: torch.Tensor, images: torch.Tensor | None) -> torch.Tensor:
+        """(B, T) ids + (N, 3, H, W) images -> (B, T, D) LM input embeddings, images in place."""
+        embeds = self.lm.get_input_embeddings()(input_ids)
+        is_image = input_ids == self.image_token_id  # (B, T)
+        n_slots = int(is_image.sum())
+        n_images = 0 if images is None else images.shape[0]
+        if n_slots != n_images * self.arch.image_tokens:
+            raise ValueError(f"{n_slots} image-token slots in the batch but {n_images} images x "
+                             f"{self.arch.image_tokens} tokens each")
+        if n_images:
+            features = self.projector(self.vision(images.to(embeds.dtype)))  # (N, tokens, D)
+            features = features * self.embed_scale
+            # masked_scatter fills slots in row-major order: sample by sample, image by image.
+            embeds = embeds.masked_scatter(is_image.unsqueeze(-1), features.to(embeds.dtype))
+        return embeds
+
+    def _hidden(self, input_ids, attention_mask, images) -> torch.Tensor:
+        # Positions count real tokens only, so left- and right-padded rows get the same positions.
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        out = self.lm.get_decoder()(inputs_embeds=self.embed(input_ids, images), attention_mask=attention_mask,
+                                    position_ids=position_ids, use_cache=False)
+        return out.last_hidden_state  # (B, T, D)
+
+    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.lm.get_output_embeddings()(hidden)
+        cap = getattr(self.lm.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, images: torch.Tensor | None,
+                labels: torch.Tensor) -> torch.Tensor:
+        """Mean next-token cross-entropy over the answer tokens (labels != -100)."""
+        hidden = self._hidden(input_ids, attention_mask, images)
+        targets = labels[:, 1:]  # position t predicts token t + 1
+        mask = targets != -100
+        # The LM head only runs where there is a target: with 262k-token vocabularies, full
+        # (B, T, V) logits would dominate memory.
+        logits = self._head(hidden[:, :-1][mask])  # (n_answer_tokens, V)
+        return F.cross_entropy(logits.float(), targets[mask])
+
+    def logits(self, input_ids, attention_mask, images) -> torch.Tensor:
+        return self._head(self._hidden(input_ids, attention_mask, images))  # (B, T, V)
+
+    @torch.inference_mode()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, images: torch.Tensor | None,
+                 max_new_tokens: int = 32, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+                 use_cache: bool = True) -> torch.Tensor:
+        """Batched generation from left-padded prompts -> (B, <= max_new_tokens) new token ids.
+
+        transformers' generate does the decoding loop: KV cache, stop at the end-of-turn tokens,
+        greedy or sampling. Rows that stop early are padded with the pad token.
+        """
+        from transformers import GenerationConfig
+
+        if attention_mask[:, -1].min() == 0:
+            raise ValueError("generate expects left-padded prompts (tokenizer.padding_side = 'left')")
+        tok = self.tokenizer
+        config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=do_sample, use_cache=use_cache,
+                                  temperature=temperature if do_sample else None, top_p=top_p if do_sample else None,
+                                  top_k=None, eos_token_id=stop_token_ids(tok), pad_token_id=tok.pad_token_id,
+                                  bos_token_id=None, suppress_tokens=[self.image_token_id])
+        embeds = self.embed(input_ids, images)
+        return self.lm.generate(inputs_embeds=embeds, attention_mask=attention_mask, generation_config=config)
+
+    # ---------------------------------------------------------------- counting
+
+    def parameter_counts(self) -> dict[str, int]:
+        count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731 (shared tensors counted once)
+        return {"vision": count(self.vision), "projector": count(self.projector), "language": count(self.lm),
+                "total": count(self), "trainable": sum(p.numel() for p in self.parameters() if p.requires_grad)}
+
+    # ---------------------------------------------------------------- checkpoints
+
+    def save_pretrained(self, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
+        """config.json + model.safetensors + tokenizer + preprocessor_config.json (+ meta.json), atomically."""
+        from safetensors.torch import save_model
+
+        with atomic_directory(path) as tmp:
+            write_json(tmp / "config.json", {
+                "model_type": "nanovlm", "model": to_dict(self.cfg),
+                "vision_config": self.arch.vision_config.to_dict(),
+                "language_config": self.lm.config.to_dict(),
+                "sources": {"vision": self.arch.vision_source, "language": self.arch.language_source},
+            })
+            save_model(self, str(tmp / WEIGHTS))  # handles tied embeddings; no pickle
+            self.tokenizer.save_pretrained(tmp)
+            write_json(tmp / "preprocessor_config.json", self.arch.transform.to_preprocessor())
+            if meta is not None:
+                write_json(tmp / "meta.json", meta)
+        return Path(path)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, expect: ModelConfig | None = None,
+                        device: str | torch.device = "cpu") -> "VisionLanguageModel":
+        """Load a checkpoint directory (or hub repo id); `expect` checks it has that architecture."""
+        from safetensors.torch import load_model
+
+        path = _local_checkpoint(str(path))
+        stored = read_json(path / "config.json")
+        if stored.get("model_type") != "nanovlm":
+            raise IncompatibleCheckpoint(f"{path} is not a nanovlm checkpoint (config.json model_type "
+                                         f"{stored.get('model_type')!r})")
+        cfg = from_dict(ModelConfig, stored["model"])
+        if expect is not None:
+            check_compatible(cfg, expect, str(path))
+        arch = _architecture_from_checkpoint(cfg, stored, path)
+        model = _assemble(arch, pretrained=False, tokenizer=_load_checkpoint_tokenizer(path, cfg))
+        try:
+            missing, unexpected = load_model(model, str(path / WEIGHTS), strict=False, device=str(device))
+        except RuntimeError as err:  # shape mismatch
+            raise IncompatibleCheckpoint(f"{path}: weights do not fit the architecture: {err}") from None
+        if missing or unexpected:
+            raise IncompatibleCheckpoint(f"{path}: weights do not fit the architecture; missing: "
+                                         f"{sorted(missing)[:5]}, unexpected: {sorted(unexpected)[:5]}")
+        return model.to(device)
+
+
+def check_compatible(found: ModelConfig, expect: ModelConfig, where: str) -> None:
+    fields = {k: v for k, v in diff(found, expect).items() if k not in NON_ARCHITECTURE_FIELDS}
+    if fields:
+        lines = ", ".join(f"{k}: checkpoint {a!r} vs requested {b!r}" for k, (a, b) in fields.items())
+        raise IncompatibleCheckpoint(f"checkpoint {where} has a different architecture ({lines}); "
+                                     f"load it with its own config or start a new run")
+
+
+def _local_checkpoint(path: str) -> Path:
+    if os.path.isdir(path):
+        return Path(path)
+    if "/" not in path or os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint directory at {path!r}")
+    from huggingface_hub import snapshot_download
+
+    return Path(backbones.hub_call(path, lambda: snapshot_download(path), "checkpoint"))
+
+
+def _load_checkpoint_tokenizer(path: Path, cfg: ModelConfig) -> Any:
+    from transformers import AutoTokenizer
+
+    return prepare_tokenizer(AutoTokenizer.from_pretrained(path), cfg.image_token)
+
+
+def _architecture_from_checkpoint(cfg: ModelConfig, stored: dict[str, Any], path: Path) -> Architecture:
+    from transformers import AutoConfig
+
+    def rebuild(d: dict[str, Any]) -> Any:
+        d = dict(d)
+        return AutoConfig.for_model(d.pop("model_type"), **d)
+
+    with _quiet_transformers():
+        vision_config, language_config = rebuild(stored["vision_config"]), rebuild(stored["language_config"])
+    transform = ImageTransform.from_preprocessor(read_json(path / "preprocessor_config.json"))
+    patch = int(vision_config.patch_size)
+    grid = transform.size // patch
+    factor = shuffle_factor(grid, cfg)
+    return Architecture(cfg, stored["sources"]["vision"], stored["sources"]["language"], vision_config,
+                        language_config, transform, patch, grid, factor, (grid // factor) ** 2,
+                        backbones.num_prefix_tokens(vision_config))
+
+
+def _tokenizer_for(arch: Architecture) -> Any:
+    """The LM's tokenizer; with --random_init and no hub, the tiny stand-in of the same family."""
+    try:
+        return load_tokenizer(arch.language_source, arch.cfg.image_token)
+    except backbones.BackboneUnavailable:
+        entry = backbones.LANGUAGE_MODELS.get(arch.cfg.language_model)
+        if not arch.cfg.random_init or entry is None:
+            raise
+        from nanovlm import tiny
+
+        warnings.warn(f"tokenizer of {arch.language_source} unavailable offline; --random_init uses the tiny "
+                      f"'{entry.tiny}' stand-in tokenizer (same special tokens and chat template)", stacklevel=2)
+        return load_tokenizer(str(tiny.ensure(entry.tiny)), arch.cfg.image_token)
+
+
+def _assemble(arch: Architecture, pretrained: bool, tokenizer: Any | None, vocab_size: int | None = None) -> VisionLanguageModel:
+    """Backbones from transformers (pretrained weights or random init), projector, resized vocabulary."""
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    with _quiet_transformers():
+        if pretrained:
+            load = lambda fn, src, **kw: backbones.hub_call(src, lambda: fn(src, dtype=torch.float32, **kw), "weights")  # noqa: E731
+            vision_model = load(AutoModel.from_pretrained, arch.vision_source, config=arch.vision_config)
+            lm = load(AutoModelForCausalLM.from_pretrained, arch.language_source)
+        else:
+            vision_model = AutoModel.from_config(arch.vision_config, dtype=torch.float32)
+            lm = AutoModelForCausalLM.from_config(arch.language_config, dtype=torch.float32)
+    vision = VisionEncoder(vision_model, arch.prefix_tokens, _native_size(arch), arch.transform.size)
+    # The vocabulary grows by the tokens the processor added (the image placeholder at least).
+    old = lm.get_input_embeddings().num_embeddings
+    new = vocab_size or max(old, len(tokenizer))
+    if new != old:
+        lm.resize_token_embeddings(new, mean_resizing=False)
+        weight = lm.get_input_embeddings().weight
+        if weight.device.type != "meta":
+            with torch.no_grad():  # new rows start at the mean embedding, a neutral point
+                weight[old:] = weight[:old].mean(0)
+    return VisionLanguageModel(arch, vision, lm, tokenizer)
+
+
+def _native_size(arch: Architecture) -> int:
+    return int(getattr(arch.vision_config, "image_size", arch.transform.size))
+
+
+def build_vlm(cfg: ModelConfig, meta: bool = False, arch: Architecture | None = None) -> VisionLanguageModel:
+    """Build the VLM of `cfg`: pretrained backbones, or random ones with cfg.random_init / cfg.tiny.
+
+    meta=True builds on the meta device (shapes only, no memory, no download): for counting.
+    """
+    arch = arch or resolve_architecture(cfg)
+    if meta:
+        with torch.device("meta"):
+            # one row more for the image token; the exact tokenizer needs no counting
+            model = _assemble(arch, pretrained=False, tokenizer=None,
+                              vocab_size=arch.language_config.vocab_size + 1)
+        return model
+    pretrained = not cfg.random_init  # tiny stand-ins are "pretrained" from their local repo
+    return _assemble(arch, pretrained=pretrained, tokenizer=_tokenizer_for(arch))
+
+
+class _quiet_transformers:
+    """Silence transformers' config warnings about the unused SigLIP text tower's token ids."""
+
+    def __enter__(self):
+        from transformers.utils import logging as hf_logging
+
+        self.level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+
+    def __exit__(self, *exc):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity(self.level)
