@@ -49,9 +49,10 @@ def tiny() -> ExperimentConfig:
         preset="tiny",
         model=ModelConfig(tiny=True, image_tokens=16),
         data=DataConfig(dataset="synthetic", train_samples=4000, val_samples=200, max_length=128),
-        train=TrainConfig(batch_size=16, gradient_accumulation_steps=1, max_steps=300, lr_mp=3e-3,
-                          lr_backbones=1e-3, warmup_ratio=0.05, validation_steps=50, eval_interval=50,
-                          save_checkpoint_steps=100),
+        # Random tiny backbones learn from scratch, so every part gets a high rate.
+        train=TrainConfig(batch_size=16, gradient_accumulation_steps=1, max_steps=600, lr_mp=0.01,
+                          lr_backbones=0.003, warmup_ratio=0.05, validation_steps=100, eval_interval=100,
+                          save_checkpoint_steps=200),
     )
 
 

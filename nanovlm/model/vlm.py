@@ -191,21 +191,25 @@ class VisionLanguageModel(nn.Module):
 
     def save_pretrained(self, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
         """config.json + model.safetensors + tokenizer + preprocessor_config.json (+ meta.json), atomically."""
+        with atomic_directory(path) as tmp:
+            self.write_files(tmp, meta)
+        return Path(path)
+
+    def write_files(self, directory: Path, meta: dict[str, Any] | None = None) -> None:
+        """The checkpoint files, written into an existing (temporary) directory."""
         from safetensors.torch import save_model
 
-        with atomic_directory(path) as tmp:
-            write_json(tmp / "config.json", {
-                "model_type": "nanovlm", "model": to_dict(self.cfg),
-                "vision_config": self.arch.vision_config.to_dict(),
-                "language_config": self.lm.config.to_dict(),
-                "sources": {"vision": self.arch.vision_source, "language": self.arch.language_source},
-            })
-            save_model(self, str(tmp / WEIGHTS))  # handles tied embeddings; no pickle
-            self.tokenizer.save_pretrained(tmp)
-            write_json(tmp / "preprocessor_config.json", self.arch.transform.to_preprocessor())
-            if meta is not None:
-                write_json(tmp / "meta.json", meta)
-        return Path(path)
+        write_json(directory / "config.json", {
+            "model_type": "nanovlm", "model": to_dict(self.cfg),
+            "vision_config": self.arch.vision_config.to_dict(),
+            "language_config": self.lm.config.to_dict(),
+            "sources": {"vision": self.arch.vision_source, "language": self.arch.language_source},
+        })
+        save_model(self, str(directory / WEIGHTS))  # handles tied embeddings; no pickle
+        self.tokenizer.save_pretrained(directory)
+        write_json(directory / "preprocessor_config.json", self.arch.transform.to_preprocessor())
+        if meta is not None:
+            write_json(directory / "meta.json", meta)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, expect: ModelConfig | None = None,

@@ -1,0 +1,189 @@
+"""The composition root: one experiment config -> a trained, evaluated, tracked checkpoint.
+
+    result = run_experiment(get_preset("tiny"))                 # -> RunResult(run_id, checkpoint, metrics)
+    result = run_experiment(cfg, resume="latest")               # continue the newest run of this name
+    result = run_experiment(cfg, parent_run_id=sweep_run_id)    # a nested MLflow run (sweeps)
+
+Builds one thing per block and logs what it built: tracker, model, data, training, evaluation,
+artifacts. Importable (sweeps call it); `experiments/run.py` is only its command line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from experiments.presets import get_preset
+from nanovlm import metrics as M
+from nanovlm.checkpoint import latest_checkpoint, read_trainer_state
+from nanovlm.config import ConfigError, ExperimentConfig, diff, flatten, from_dict
+from nanovlm.data.datasets import SampleProcessor, VQADataset, load_splits
+from nanovlm.distributed import Dist
+from nanovlm.files import write_json
+from nanovlm.model.vlm import build_vlm, check_compatible
+from nanovlm.tracking import MLflowTracker, NullTracker, mark_orphans_killed
+from nanovlm.train import pick_device, train
+
+log = logging.getLogger("nanovlm.runner")
+ARTIFACT_LIMIT_BYTES = 200 * 2**20  # checkpoints above this are recorded as paths (tags), not copied
+
+
+@dataclass
+class RunResult:
+    run_id: str | None
+    run_dir: Path
+    checkpoint: Path  # the final step's checkpoint (a loadable model)
+    best_checkpoint: Path | None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        keys = [M.TRAIN_LOSS, M.VAL_LOSS, M.BEST_VAL_LOSS] + sorted(k for k in self.metrics if k.startswith("eval/"))
+        shown = ", ".join(f"{k}={self.metrics[k]:.4g}" for k in keys if k in self.metrics)
+        return f"{shown}; checkpoint {self.checkpoint}"
+
+
+def default_run_name(cfg: ExperimentConfig) -> str:
+    """The preset plus what differs from it, e.g. `tiny-lr_mp=0.01-language_model=gemma`."""
+    changes = diff(get_preset(cfg.preset), cfg)
+    parts = [f"{k.split('.')[-1]}={v[1]}" for k, v in changes.items() if k not in ("run_name", "output_dir", "experiment")]
+    return "-".join([cfg.preset, *parts])[:120].replace("/", "_")
+
+
+def find_resume_checkpoint(cfg: ExperimentConfig, resume: str) -> Path:
+    """`resume` is a checkpoint/run directory, or 'latest' for the newest run of this config's name."""
+    if resume != "latest":
+        path = Path(resume)
+        found = latest_checkpoint(path) if (path / "checkpoints").is_dir() else path
+        if found is None or not (found / "trainer_state.json").exists():
+            raise ConfigError(f"--resume {resume}: no training checkpoint there (expected a run directory or a "
+                              f"checkpoints/step-N folder)")
+        return found
+    base = cfg.run_name or default_run_name(cfg)
+    runs = [p for p in Path(cfg.output_dir).glob(f"{base}*") if latest_checkpoint(p) is not None]
+    if cfg.run_name:
+        runs = [p for p in runs if p.name == cfg.run_name]
+    if not runs:
+        raise ConfigError(f"--resume: no run named {base!r} with a checkpoint under {cfg.output_dir}/; pass the run "
+                          f"directory explicitly (--resume runs/NAME)")
+    return latest_checkpoint(max(runs, key=lambda p: p.stat().st_mtime))
+
+
+def _git_sha() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _tags(cfg: ExperimentConfig, model: Any, device: torch.device, dataset: Any) -> dict[str, str]:
+    import transformers
+
+    return {"preset": cfg.preset, "vision_encoder": model.arch.vision_source, "language_model": model.arch.language_source,
+            "git_sha": _git_sha(), "device": torch.cuda.get_device_name(device) if device.type == "cuda" else
+            f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
+            "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
+            "dataset": dataset.source, "dataset_fingerprint": dataset.fingerprint}
+
+
+def _plot_losses(history: dict[str, list[list[float]]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, points in history.items():
+        if points:
+            steps, values = zip(*points)
+            ax.plot(steps, values, label=name, marker="o" if name == M.VAL_LOSS else None)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def run_experiment(cfg: ExperimentConfig, resume: str | None = None, parent_run_id: str | None = None,
+                   tracking_uri: str | None = None, on_validation: Callable[[int, float], None] | None = None) -> RunResult:
+    torch.manual_seed(cfg.train.seed)
+    device = pick_device(cfg.train.device)
+    dist = Dist.from_env(device.type)
+
+    # Where the run lives: a new folder, or the one of the checkpoint we resume from.
+    resume_path = find_resume_checkpoint(cfg, resume) if resume else None
+    run_id = None
+    if resume_path is not None:
+        state = read_trainer_state(resume_path)
+        stored = from_dict(ExperimentConfig, state.config)
+        check_compatible(stored.model, cfg.model, str(resume_path))
+        run_dir, run_id = resume_path.parent.parent, state.run_id
+    else:
+        name = cfg.run_name or f"{default_run_name(cfg)}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = Path(cfg.output_dir) / dist.broadcast_object(name)
+    run_name = run_dir.name
+
+    # Tracking: rank 0 only. Runs of this host whose process died (SIGKILL) are marked KILLED first.
+    if dist.is_main:
+        mark_orphans_killed(cfg.experiment, tracking_uri=tracking_uri)
+        tracker = MLflowTracker.start(cfg.experiment, run_name, run_id=run_id, parent_run_id=parent_run_id,
+                                      tracking_uri=tracking_uri, tags={"preset": cfg.preset})
+    else:
+        tracker = NullTracker()
+    with tracker:
+        log.info("run %s (%s) in %s; MLflow run %s", run_name, "resumed" if resume_path else "new", run_dir, tracker.run_id)
+
+        model = build_vlm(cfg.model)
+        counts = model.parameter_counts()
+        log.info("model: %s", {k: f"{v / 1e6:.2f}M" for k, v in counts.items()})
+
+        splits = load_splits(cfg.data, cfg.train.seed, image_size=model.arch.transform.size)
+        processor = SampleProcessor.for_model(model, cfg.data.max_length)
+        train_set, val_set = VQADataset(splits.train, processor), VQADataset(splits.val, processor)
+        log.info("data: %s, %d train / %d validation samples", splits.source, len(train_set), len(val_set))
+
+        if resume_path is None:
+            tracker.log_params(flatten(cfg))
+        tracker.set_tags(_tags(cfg, model, device, splits))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "config.json", {"preset": cfg.preset, **flatten(cfg)})
+
+        state = train(model, train_set, val_set, cfg, tracker, run_dir, resume_from=resume_path, dist=dist,
+                      on_validation=on_validation)
+
+        final: dict[str, float] = {}  # logged once, at the last step
+        if dist.is_main:
+            if splits.source == "synthetic":  # held-out questions, and the same with shuffled images
+                from evals.synthetic import evaluate_with_control
+
+                for task, scores in evaluate_with_control(model, list(splits.val)).items():
+                    final.update({M.eval_name(task, kind): value for kind, value in scores.items()})
+                    log.info("%s accuracy: %s", task, {k: round(v, 1) for k, v in scores.items()})
+            final.update({f"{M.PARAMS_PREFIX}{k}": float(v) for k, v in counts.items()})
+            tracker.log_metrics(final, state.step)
+            final.update({M.TRAIN_LOSS: state.history[M.TRAIN_LOSS][-1][1], M.VAL_LOSS: state.history[M.VAL_LOSS][-1][1],
+                          M.BEST_VAL_LOSS: state.best_val_loss})
+            tracker.log_artifact(run_dir / "config.json")
+            tracker.log_artifact(_plot_losses(state.history, run_dir / "loss_curve.png"))
+            write_json(run_dir / "results.json", final)
+            checkpoint, best = latest_checkpoint(run_dir), run_dir / "checkpoints" / "best"
+            tracker.set_tags({"checkpoint": str(checkpoint.resolve()), "best_checkpoint": str(best.resolve())})
+            if counts["total"] * 4 < ARTIFACT_LIMIT_BYTES:  # small models travel with the run; large ones by path
+                tracker.log_artifact(checkpoint, "checkpoints/final")
+                if best.exists():
+                    tracker.log_artifact(best, "checkpoints/best")
+    dist.shutdown()
+    best_dir = run_dir / "checkpoints" / "best"
+    return RunResult(tracker.run_id, run_dir, latest_checkpoint(run_dir), best_dir if best_dir.exists() else None, final)

@@ -1,0 +1,123 @@
+"""Training checkpoints: everything needed to continue a run exactly, written atomically.
+
+    path = save_training_checkpoint(run_dir, model, optimizer, state, keep=2)
+    state = load_training_checkpoint(path, model, optimizer)   # weights, optimizer, RNG restored
+    latest_checkpoint(run_dir)                                  # newest step-N folder or None
+
+A checkpoint folder `checkpoints/step-000100/` is a loadable model checkpoint (config.json,
+model.safetensors, tokenizer, preprocessor_config.json, meta.json) plus optimizer.safetensors,
+optimizer.json, rng.safetensors and trainer_state.json. Nothing is pickled: tensors go to
+safetensors, everything else to JSON. The best model (by validation loss) is `checkpoints/best/`.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from nanovlm.files import atomic_directory, read_json, write_json
+
+STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+@dataclass
+class TrainerState:
+    step: int = 0  # optimizer steps done
+    samples_seen: int = 0  # per rank: the data position the sampler resumes from
+    best_val_loss: float = float("inf")
+    skipped: int = 0  # samples dropped as unreadable or too long
+    run_id: str | None = None  # MLflow run, continued on resume
+    config: dict[str, Any] = field(default_factory=dict)
+    history: dict[str, list[list[float]]] = field(default_factory=dict)  # metric -> [[step, value], ...]
+
+    def record(self, name: str, step: int, value: float) -> None:
+        self.history.setdefault(name, []).append([step, value])
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    steps = [(int(m.group(1)), p) for p in checkpoint_dir(Path(run_dir)).glob("step-*") if (m := STEP_DIR.match(p.name))]
+    return max(steps)[1] if steps else None
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = optimizer.state_dict()
+    tensors = {f"{pid}.{key}": (value if torch.is_tensor(value) else torch.tensor(value)).contiguous()
+               for pid, st in sd["state"].items() for key, value in st.items()}
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    np_state = np.random.get_state()
+    return tensors, {"python": random.getstate(), "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
+
+
+def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["torch"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("cuda.")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    version, internal, gauss = meta["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, *rest = meta["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
+
+
+def save_training_checkpoint(run_dir: str | Path, model: Any, optimizer: torch.optim.Optimizer, state: TrainerState,
+                             keep: int = 2) -> Path:
+    """Write checkpoints/step-N atomically, then prune all but the newest `keep`."""
+    path = checkpoint_dir(Path(run_dir)) / f"step-{state.step:06d}"
+    with atomic_directory(path) as tmp:
+        model.write_files(tmp, meta={"run_id": state.run_id, "step": state.step})
+        tensors, meta = _optimizer_tensors(optimizer)
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        write_json(tmp / "optimizer.json", meta)
+        rng_tensors, rng_meta = _rng_state()
+        save_file(rng_tensors, str(tmp / "rng.safetensors"))
+        write_json(tmp / "rng.json", rng_meta)
+        write_json(tmp / "trainer_state.json", asdict(state))
+    steps = sorted(p for p in checkpoint_dir(Path(run_dir)).glob("step-*") if STEP_DIR.match(p.name))
+    for old in steps[: max(0, len(steps) - keep)]:
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def read_trainer_state(path: str | Path) -> TrainerState:
+    return TrainerState(**read_json(Path(path) / "trainer_state.json"))
+
+
+def load_training_checkpoint(path: str | Path, model: Any, optimizer: torch.optim.Optimizer) -> TrainerState:
+    """Restore weights, optimizer and RNG state in place; returns where training stopped."""
+    from safetensors.torch import load_model
+
+    path = Path(path)
+    load_model(model, str(path / "model.safetensors"), strict=True, device=str(next(model.parameters()).device))
+    _load_optimizer(optimizer, load_file(str(path / "optimizer.safetensors")), read_json(path / "optimizer.json"))
+    _set_rng_state(load_file(str(path / "rng.safetensors")), read_json(path / "rng.json"))
+    return read_trainer_state(path)
+
+
+def save_best(run_dir: str | Path, model: Any, meta: dict[str, Any]) -> Path:
+    return model.save_pretrained(checkpoint_dir(Path(run_dir)) / "best", meta=meta)

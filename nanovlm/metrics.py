@@ -1,0 +1,23 @@
+"""Metric names, defined once. Everything that logs or reads a metric uses these strings.
+
+    tracker.log_metrics({TRAIN_LOSS: 2.3, lr_name("projector"): 5e-3}, step)
+"""
+
+TRAIN_LOSS = "train/loss"
+VAL_LOSS = "val/loss"
+BEST_VAL_LOSS = "val/best_loss"
+GRAD_NORM = "train/grad_norm"
+SAMPLES_PER_S = "train/samples_per_s"
+TOKENS_PER_S = "train/tokens_per_s"
+PEAK_MEMORY_MB = "train/peak_memory_mb"
+DATA_SKIPPED = "data/skipped"
+PARAMS_PREFIX = "params/"  # params/total, params/trainable, ... (numbers to sort by, so metrics)
+
+
+def lr_name(group: str) -> str:
+    return f"train/lr/{group}"
+
+
+def eval_name(task: str, score: str) -> str:
+    """eval/mmstar/average, eval/synthetic/colour, eval/synthetic_blind/colour, ..."""
+    return f"eval/{task}/{score}"

@@ -1,0 +1,108 @@
+"""Data: the_cauldron-schema loading (local parquet / save_to_disk), processing, collation, sampler."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import tiny_vlm
+from nanovlm.config import ConfigError, DataConfig
+from nanovlm.data import synthetic
+from nanovlm.data.collate import Collator, ResumableSampler
+from nanovlm.data.datasets import SampleProcessor, VQADataset, load_splits
+
+
+def _processor(max_length=128):
+    return SampleProcessor.for_model(tiny_vlm(), max_length)
+
+
+def test_synthetic_splits_are_disjoint_and_sized():
+    splits = load_splits(DataConfig(train_samples=40, val_samples=10), seed=0)
+    assert (len(splits.train), len(splits.val)) == (40, 10)
+    key = lambda r: (r["images"][0].tobytes(), r["texts"][0]["user"])  # noqa: E731
+    assert not {key(r) for r in splits.train} & {key(r) for r in splits.val}
+
+
+@pytest.mark.parametrize("layout", ["parquet_file", "parquet_dir", "save_to_disk"])
+def test_local_datasets_load_in_cauldron_schema(tmp_path, layout):
+    records = synthetic.generate(30, seed=1)
+    if layout == "parquet_file":
+        path = tmp_path / "data.parquet"
+        synthetic.save_parquet(records, path)
+    elif layout == "parquet_dir":
+        (tmp_path / "d").mkdir()
+        synthetic.save_parquet(records, tmp_path / "d" / "part-0.parquet")
+        path = tmp_path / "d"
+    else:
+        path = tmp_path / "disk"
+        synthetic.to_dataset(records).save_to_disk(str(path))
+    splits = load_splits(DataConfig(dataset=str(path), train_samples=0, val_samples=5), seed=0)
+    assert (len(splits.train), len(splits.val)) == (25, 5)
+    sample = VQADataset(splits.train, _processor())[0]
+    assert sample["pixel_values"].shape == (1, 3, 64, 64)
+    assert (sample["labels"] != -100).sum() > 0
+
+
+def test_missing_column_is_named(tmp_path):
+    import datasets
+
+    path = tmp_path / "bad.parquet"
+    datasets.Dataset.from_list([{"image": b"", "question": "q", "answer": "a"}] * 5).to_parquet(str(path))
+    with pytest.raises(ConfigError, match=r"missing column\(s\) \['images', 'texts'\]"):
+        load_splits(DataConfig(dataset=str(path), val_samples=1), seed=0)
+
+
+def test_corrupt_image_is_skipped_not_fatal(tmp_path):
+    import datasets
+
+    good = io.BytesIO()
+    Image.new("RGB", (20, 20), "red").save(good, format="PNG")
+    rows = [{"images": [{"bytes": good.getvalue(), "path": None}], "texts": [{"user": "q?", "assistant": "red"}]},
+            {"images": [{"bytes": b"not a png at all", "path": None}], "texts": [{"user": "q?", "assistant": "red"}]},
+            {"images": [{"bytes": good.getvalue()[:40], "path": None}], "texts": [{"user": "q?", "assistant": "x"}]}]
+    features = datasets.Features({"images": datasets.List(datasets.Image()),
+                                  "texts": datasets.List({"user": datasets.Value("string"), "assistant": datasets.Value("string")})})
+    path = tmp_path / "corrupt.parquet"
+    datasets.Dataset.from_list(rows * 2, features=features).to_parquet(str(path))
+    splits = load_splits(DataConfig(dataset=str(path), val_samples=1, train_samples=0), seed=0)
+    ds = VQADataset(splits.train, _processor())
+    batch = Collator(0)([ds[i] for i in range(len(ds))])
+    assert batch["skipped"] + batch["size"] == 5
+    assert batch["size"] in (1, 2) and batch["skipped"] >= 3
+
+
+def test_too_long_sample_is_skipped():
+    record = synthetic.generate(1)[0]
+    assert _processor(max_length=8)(record) is None
+    assert _processor(max_length=128)(record) is not None
+
+
+def test_collator_pads_and_masks():
+    proc = _processor()
+    samples = [proc(r) for r in synthetic.generate(3, seed=2)]
+    samples[1]["input_ids"] = samples[1]["input_ids"][:-2]  # make lengths differ
+    samples[1]["labels"] = samples[1]["labels"][:-2]
+    batch = Collator(pad_id=7)(samples + [None])
+    assert batch["skipped"] == 1 and batch["images"].shape == (3, 3, 64, 64)
+    lengths = [len(s["input_ids"]) for s in samples]
+    assert batch["input_ids"].shape[1] == max(lengths)
+    assert batch["attention_mask"].sum(1).tolist() == lengths
+    n = lengths[1]
+    assert (batch["input_ids"][1, n:] == 7).all() and (batch["labels"][1, n:] == -100).all()
+    assert torch.equal(batch["input_ids"][1, :n], samples[1]["input_ids"])
+    left = Collator(pad_id=7, padding_side="left")(samples)
+    assert (left["attention_mask"][1, :2] == 0).all() and left["attention_mask"][:, -1].all()
+
+
+def test_sampler_resumes_mid_epoch_and_shards():
+    full = ResumableSampler(10, seed=3)
+    stream = [i for _, i in zip(range(25), iter(full))]
+    assert sorted(stream[:10]) == list(range(10)) and stream[:10] != stream[10:20]  # reshuffled epochs
+    resumed = ResumableSampler(10, seed=3, start=13)
+    assert [i for _, i in zip(range(12), iter(resumed))] == stream[13:25]
+    ranks = [ResumableSampler(10, seed=3, rank=r, world_size=2) for r in (0, 1)]
+    shards = [[i for _, i in zip(range(5), iter(s))] for s in ranks]
+    assert sorted(shards[0] + shards[1]) == list(range(10))

@@ -1,0 +1,278 @@
+"""nanovlm.tracking against a real sqlite MLflow store: buffering, statuses, resume, nesting, orphans."""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from nanovlm.tracking import (
+    HOST_TAG,
+    PID_TAG,
+    MLflowTracker,
+    NullTracker,
+    Tracker,
+    _experiment_id,
+    default_tracking_uri,
+    mark_orphans_killed,
+)
+
+
+def victim(experiment: str, uri: str, go, run_ids) -> None:
+    """A process that opens a run, buffers one metric, reports the run id and waits to be killed."""
+    go.wait()
+    with MLflowTracker.start(experiment, tracking_uri=uri, system_metrics=False) as tracker:
+        tracker.log_metrics({"seen": 1.0}, step=0)
+        run_ids.send(tracker.run_id)
+        time.sleep(60)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """(uri, victims): one database for the module, and two victim processes using it.
+
+    Time is the reason for this shape. Creating MLflow's sqlite schema takes seconds, so tests share
+    a store (each uses its own experiment). A fresh Python spends seconds importing mlflow, so the
+    victims are forked from this process once mlflow is imported, but before it has opened any
+    database: a forked child must not share the parent's database connections.
+    """
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  (the slow import, shared by the forks)
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
+    fork = multiprocessing.get_context("fork")
+    go = fork.Event()
+    victims = {}
+    for name in ("sigkill", "sigterm"):
+        receive, send = fork.Pipe(duplex=False)
+        proc = fork.Process(target=victim, args=(f"victim-{name}", uri, go, send), daemon=True)
+        proc.start()
+        victims[name] = (proc, receive)
+    MlflowClient(tracking_uri=uri).search_experiments()  # creates the schema
+    go.set()
+    yield uri, victims
+    for proc, _ in victims.values():
+        proc.kill()
+        proc.join()
+
+
+@pytest.fixture
+def uri(store):
+    return store[0]
+
+
+@pytest.fixture(autouse=True)
+def no_system_metrics(monkeypatch):
+    monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
+
+
+@pytest.fixture
+def experiment(request):
+    return request.node.name
+
+
+@pytest.fixture
+def client(uri):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def victim_run(store, name: str) -> tuple[multiprocessing.Process, str]:
+    proc, run_ids = store[1][name]
+    assert run_ids.poll(timeout=30), f"victim {name} did not start a run (exit code {proc.exitcode})"
+    return proc, run_ids.recv()
+
+
+def history(client, run_id, key):
+    return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+
+
+def test_default_tracking_uri(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("NANOVLM_HOME", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert default_tracking_uri() == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert default_tracking_uri().startswith("sqlite:////")  # absolute
+    monkeypatch.setenv("NANOVLM_HOME", str(tmp_path / "home"))
+    assert default_tracking_uri() == f"sqlite:///{(tmp_path / 'home').resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking:5000")
+    assert default_tracking_uri() == "http://tracking:5000"
+
+
+def test_null_tracker_has_the_interface():
+    with NullTracker() as tracker:
+        assert isinstance(tracker, Tracker) and tracker.run_id is None
+        tracker.log_params({"a": 1})
+        tracker.log_metrics({"loss": 1.0}, step=0)
+        tracker.finish("FAILED")
+
+
+def test_params_tags_and_buffered_metrics(uri, client, experiment, caplog):
+    params = {f"p{i}": i for i in range(150)}  # more than one log_batch allows
+    params["long"] = "x" * 7000
+    with MLflowTracker.start(experiment, "r", tags={"preset": "tiny"}, tracking_uri=uri,
+                             flush_every_s=1e9) as tracker:
+        assert tracker.tracking_uri == uri and isinstance(tracker, Tracker)
+        tracker.log_params(params)
+        tracker.set_tags({"stage": "pretrain"})
+        for step in range(1200):  # more metrics than one log_batch allows
+            tracker.log_metrics({"loss": 1.0 / (step + 1), "bad": math.nan if step == 3 else step}, step=step)
+        tracker.log_metrics({"bad": math.inf}, step=1200)
+        assert history(client, tracker.run_id, "loss") == []  # still buffered
+        tracker.flush()
+        assert history(client, tracker.run_id, "loss")[:2] == [(0, 1.0), (1, 0.5)]
+        assert len(history(client, tracker.run_id, "loss")) == 1200
+        tracker.log_metrics({"loss": 0.0}, step=1200)
+
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "r"
+    assert run.data.params["p149"] == "149" and len(run.data.params["long"]) == 6000
+    tags = run.data.tags
+    assert tags["preset"] == "tiny" and tags["stage"] == "pretrain"
+    assert tags[HOST_TAG] and tags[PID_TAG] == str(os.getpid())
+    assert history(client, tracker.run_id, "loss")[-1] == (1200, 0.0)  # sent by finish
+    bad_steps = [step for step, _ in history(client, tracker.run_id, "bad")]
+    assert 3 not in bad_steps and 1200 not in bad_steps and len(bad_steps) == 1199
+    assert "metric bad is nan" in caplog.text
+
+
+def test_metrics_sent_once_interval_passed(uri, client, experiment):
+    with MLflowTracker.start(experiment, tracking_uri=uri, flush_every_s=0) as tracker:
+        tracker.log_metrics({"loss": 2.0}, step=5)
+        assert history(client, tracker.run_id, "loss") == [(5, 2.0)]
+
+
+def test_failed_sends_are_retried_and_invalid_keys_dropped(uri, client, experiment, monkeypatch, caplog):
+    with MLflowTracker.start(experiment, tracking_uri=uri, flush_every_s=1e9) as tracker:
+        real_log_batch, calls = tracker.client.log_batch, []
+
+        def flaky_log_batch(*args, **kwargs):
+            calls.append(kwargs)
+            if len(calls) == 1:
+                raise ConnectionError("tracking server away")
+            return real_log_batch(*args, **kwargs)
+
+        monkeypatch.setattr(tracker.client, "log_batch", flaky_log_batch)
+        tracker.log_metrics({"loss": 2.0, "bad key!": 1.0}, step=0)
+        tracker.flush()  # fails: kept for later
+        assert history(client, tracker.run_id, "loss") == []
+        tracker.flush()  # the batch is rejected for "bad key!": the other keys still go through
+        tracker.log_metrics({"loss": 1.0, "bad key!": 1.0}, step=1)
+    assert history(client, tracker.run_id, "loss") == [(0, 2.0), (1, 1.0)]
+    assert "will retry" in caplog.text and caplog.text.count("MLflow rejects metric bad key!") == 1
+
+
+def test_context_manager_statuses(uri, client, experiment):
+    before = signal.getsignal(signal.SIGTERM)
+    with MLflowTracker.start(experiment, tracking_uri=uri) as ok:
+        assert signal.getsignal(signal.SIGTERM) is not before  # ours while the run is open
+    with pytest.raises(ValueError):
+        with MLflowTracker.start(experiment, tracking_uri=uri) as failed:
+            raise ValueError("boom")
+    with pytest.raises(KeyboardInterrupt):
+        with MLflowTracker.start(experiment, tracking_uri=uri) as killed:
+            raise KeyboardInterrupt
+    assert [client.get_run(t.run_id).info.status for t in (ok, failed, killed)] == ["FINISHED", "FAILED", "KILLED"]
+    assert signal.getsignal(signal.SIGTERM) is before  # restored
+    killed.finish("FINISHED")  # a second finish changes nothing
+    assert client.get_run(killed.run_id).info.status == "KILLED"
+
+
+def test_resume_continues_the_same_run(uri, client, experiment, caplog):
+    with MLflowTracker.start(experiment, tracking_uri=uri) as first:
+        first.log_params({"lr": 0.1, "steps": 10})
+        first.log_metrics({"loss": 1.0}, step=0)
+        first.finish("KILLED")
+    with MLflowTracker.start(experiment, run_id=first.run_id, tracking_uri=uri) as second:
+        assert second.run_id == first.run_id
+        assert client.get_run(second.run_id).info.status == "RUNNING"
+        with caplog.at_level(logging.WARNING, logger="nanovlm.tracking"):
+            second.log_params({"lr": 0.1, "steps": 20, "new": "yes"})  # same, changed, new
+        second.log_metrics({"loss": 0.5}, step=1)
+    run = client.get_run(first.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params == {"lr": "0.1", "steps": "10", "new": "yes"}
+    assert "param steps is already '10'" in caplog.text
+    assert history(client, first.run_id, "loss") == [(0, 1.0), (1, 0.5)]
+
+
+def test_nested_runs_under_an_open_parent(uri, client, experiment):
+    with MLflowTracker.start(experiment, "sweep", tracking_uri=uri) as parent:
+        children = []
+        for trial in range(2):
+            with MLflowTracker.start(experiment, f"trial-{trial}", parent_run_id=parent.run_id,
+                                     tracking_uri=uri) as child:
+                child.log_metrics({"score": float(trial)}, step=0)
+            children.append(child.run_id)
+        assert client.get_run(parent.run_id).info.status == "RUNNING"
+    for trial, run_id in enumerate(children):
+        run = client.get_run(run_id)
+        assert run.data.tags["mlflow.parentRunId"] == parent.run_id
+        assert run.info.status == "FINISHED" and run.data.metrics == {"score": float(trial)}
+    assert client.get_run(parent.run_id).info.status == "FINISHED"
+
+
+def test_artifacts_file_and_directory(uri, client, experiment, tmp_path):
+    (tmp_path / "report.txt").write_text("hello")
+    ckpt = tmp_path / "step-100"
+    ckpt.mkdir()
+    (ckpt / "model.safetensors").write_bytes(b"\0")
+    with MLflowTracker.start(experiment, tracking_uri=uri) as tracker:
+        tracker.log_artifact(tmp_path / "report.txt")
+        tracker.log_artifact(ckpt, "checkpoints/final")
+        with pytest.raises(FileNotFoundError):
+            tracker.log_artifact(tmp_path / "missing")
+    assert {a.path for a in client.list_artifacts(tracker.run_id)} == {"report.txt", "checkpoints"}
+    assert [a.path for a in client.list_artifacts(tracker.run_id, "checkpoints/final")] == [
+        "checkpoints/final/model.safetensors"]
+    # Artifacts live beside the database, whatever the working directory was.
+    location = client.get_experiment(tracker.experiment_id).artifact_location
+    assert location == (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+
+
+def test_experiment_creation_race(uri, client, experiment):
+    existing = client.create_experiment(experiment)
+    lookups = []
+
+    class LateClient:  # sees no experiment at first, as if another process created it meanwhile
+        def __getattr__(self, name):
+            return getattr(client, name)
+
+        def get_experiment_by_name(self, name):
+            lookups.append(name)
+            return None if len(lookups) == 1 else client.get_experiment_by_name(name)
+
+    assert _experiment_id(LateClient(), experiment, uri) == existing
+    assert len(lookups) == 2
+
+
+def test_sigkilled_run_is_marked_killed_and_live_runs_are_not(store, uri, client):
+    experiment = "victim-sigkill"
+    proc, orphan = victim_run(store, "sigkill")
+    proc.kill()
+    proc.join()
+    elsewhere = client.create_run(client.get_experiment_by_name(experiment).experiment_id,
+                                  tags={HOST_TAG: "another-host", PID_TAG: "999999999"}).info.run_id
+    assert client.get_run(orphan).info.status == "RUNNING"
+    with MLflowTracker.start(experiment, tracking_uri=uri) as live:
+        assert mark_orphans_killed(experiment, tracking_uri=uri) == [orphan]
+        assert client.get_run(live.run_id).info.status == "RUNNING"
+    assert client.get_run(orphan).info.status == "KILLED"
+    assert client.get_run(elsewhere).info.status == "RUNNING"
+    assert mark_orphans_killed("no such experiment", tracking_uri=uri) == []
+
+
+def test_sigterm_ends_the_run_as_killed(store, client):
+    proc, run_id = victim_run(store, "sigterm")
+    proc.terminate()  # SIGTERM
+    proc.join(timeout=30)
+    assert proc.exitcode == 1  # multiprocessing's code for an exception, here Terminated
+    assert client.get_run(run_id).info.status == "KILLED"
+    assert history(client, run_id, "seen") == [(0, 1.0)]  # the buffer was flushed on the way out
