@@ -78,7 +78,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"run {result.run_id} finished: {result.summary()}")
+    _print_synthetic_table(result.metrics)
     return 0
+
+
+def _print_synthetic_table(metrics: dict[str, float]) -> None:
+    """Held-out synthetic accuracy with images vs the blind control (images shuffled between questions)."""
+    from nanovlm.metrics import eval_name
+
+    kinds = sorted(k.rsplit("/", 1)[1] for k in metrics if k.startswith(eval_name("synthetic", "")))
+    if not kinds:
+        return
+    print(f"\n{'question type':<14} {'with images':>12} {'blind':>8} {'gain':>8}")
+    for kind in kinds:
+        seen, blind = metrics[eval_name("synthetic", kind)], metrics[eval_name("synthetic_blind", kind)]
+        print(f"{kind:<14} {seen:>11.1f}% {blind:>7.1f}% {seen - blind:>+7.1f}")
 
 
 if __name__ == "__main__":

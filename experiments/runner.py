@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import re
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from experiments.presets import get_preset
 from nanovlm import metrics as M
 from nanovlm.checkpoint import latest_checkpoint, read_trainer_state
 from nanovlm.config import ConfigError, ExperimentConfig, diff, flatten, from_dict
-from nanovlm.data.datasets import SampleProcessor, VQADataset, load_splits
+from nanovlm.data.datasets import SampleProcessor, StreamingVQA, VQADataset, load_splits
 from nanovlm.distributed import Dist
 from nanovlm.files import write_json
 from nanovlm.model.vlm import build_vlm, check_compatible
@@ -67,9 +68,9 @@ def find_resume_checkpoint(cfg: ExperimentConfig, resume: str) -> Path:
                               f"checkpoints/step-N folder)")
         return found
     base = cfg.run_name or default_run_name(cfg)
-    runs = [p for p in Path(cfg.output_dir).glob(f"{base}*") if latest_checkpoint(p) is not None]
-    if cfg.run_name:
-        runs = [p for p in runs if p.name == cfg.run_name]
+    # an explicit run name is the folder; a derived one has a start time appended
+    pattern = re.compile(re.escape(base) + ("" if cfg.run_name else r"-\d{8}-\d{6}") + "$")
+    runs = [p for p in Path(cfg.output_dir).glob(f"{base}*") if pattern.match(p.name) and latest_checkpoint(p)]
     if not runs:
         raise ConfigError(f"--resume: no run named {base!r} with a checkpoint under {cfg.output_dir}/; pass the run "
                           f"directory explicitly (--resume runs/NAME)")
@@ -151,8 +152,13 @@ def run_experiment(cfg: ExperimentConfig, resume: str | None = None, parent_run_
 
         splits = load_splits(cfg.data, cfg.train.seed, image_size=model.arch.transform.size)
         processor = SampleProcessor.for_model(model, cfg.data.max_length)
-        train_set, val_set = VQADataset(splits.train, processor), VQADataset(splits.val, processor)
-        log.info("data: %s, %d train / %d validation samples", splits.source, len(train_set), len(val_set))
+        if cfg.data.streaming:
+            train_set = StreamingVQA(splits.train, processor, seed=cfg.train.seed)
+        else:
+            train_set = VQADataset(splits.train, processor)
+        val_set = VQADataset(splits.val, processor)
+        log.info("data: %s, %s train / %d validation samples", splits.source,
+                 "streamed" if cfg.data.streaming else len(train_set), len(val_set))
 
         if resume_path is None:
             tracker.log_params(flatten(cfg))

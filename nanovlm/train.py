@@ -103,9 +103,13 @@ def train(model: Any, train_set: Any, val_set: Any, cfg: ExperimentConfig, track
 
     # Data: the sampler starts where the checkpoint stopped; each rank reads its own shard.
     pad_id = model.tokenizer.pad_token_id
-    sampler = ResumableSampler(len(train_set), tc.seed, state.samples_seen, dist.rank, dist.world_size)
     loader_kw = dict(collate_fn=Collator(pad_id), num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
-    batches = iter(DataLoader(train_set, batch_size=tc.batch_size, sampler=sampler, **loader_kw))
+    if isinstance(train_set, torch.utils.data.IterableDataset):  # streamed: resumes by position itself
+        stream = train_set.resume(state.samples_seen, dist.rank, dist.world_size)
+        batches = iter(DataLoader(stream, batch_size=tc.batch_size, **{**loader_kw, "num_workers": 0}))
+    else:
+        sampler = ResumableSampler(len(train_set), tc.seed, state.samples_seen, dist.rank, dist.world_size)
+        batches = iter(DataLoader(train_set, batch_size=tc.batch_size, sampler=sampler, **loader_kw))
     val_shard = torch.utils.data.Subset(val_set, range(dist.rank, len(val_set), dist.world_size))
     val_loader = DataLoader(val_shard, batch_size=tc.batch_size, **loader_kw)
     samples_per_step = tc.batch_size * tc.gradient_accumulation_steps

@@ -106,3 +106,22 @@ def test_sampler_resumes_mid_epoch_and_shards():
     ranks = [ResumableSampler(10, seed=3, rank=r, world_size=2) for r in (0, 1)]
     shards = [[i for _, i in zip(range(5), iter(s))] for s in ranks]
     assert sorted(shards[0] + shards[1]) == list(range(10))
+
+
+def test_streamed_dataset_holds_out_validation_and_resumes_by_position(tmp_path):
+    from nanovlm.data.datasets import StreamingVQA
+
+    path = tmp_path / "data.parquet"
+    synthetic.save_parquet(synthetic.generate(20, seed=4), path)
+    splits = load_splits(DataConfig(dataset=str(path), streaming=True, train_samples=0, val_samples=4), seed=0)
+    assert len(splits.val) == 4
+    held_out = {r["texts"][0]["user"] + str(hash(r["images"][0]["bytes"])) for r in splits.val}
+    stream = StreamingVQA(splits.train, _processor(), seed=0, buffer_size=8)
+    first = [s["input_ids"].tolist() for _, s in zip(range(40), iter(stream))]  # 2.5 epochs of 16
+    assert len(first) == 40 and first[:16] != first[16:32]  # reshuffled each epoch
+    again = [s["input_ids"].tolist() for _, s in zip(range(15), iter(stream.resume(25, 0, 1)))]
+    assert again == first[25:40]
+    shards = [[s["input_ids"].tolist() for _, s in zip(range(8), iter(stream.resume(0, r, 2)))] for r in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) == 8
+    train_keys = {r["texts"][0]["user"] + str(hash(r["images"][0]["bytes"])) for r in splits.train}
+    assert not held_out & train_keys

@@ -200,3 +200,14 @@ def test_torchrun_two_processes_train_one_run(tmp_path):
     state = read_trainer_state(latest_checkpoint(tmp_path / "runs" / "ddp"))
     assert state.step == 4 and state.samples_seen == 16  # per rank: 4 steps x batch 4
     assert len(state.history[M.TRAIN_LOSS]) == 4
+
+
+def test_streamed_local_parquet_trains(tmp_path):
+    from nanovlm.data import synthetic
+
+    synthetic.save_parquet(synthetic.generate(40, seed=5), tmp_path / "train.parquet")
+    cfg = _cfg(tmp_path, dataset=str(tmp_path / "train.parquet"), streaming=True, max_steps=3, train_samples=0)
+    result = run_experiment(cfg, tracking_uri=_uri(tmp_path))
+    state = read_trainer_state(result.checkpoint)
+    assert state.step == 3 and state.samples_seen == 12
+    assert M.eval_name("synthetic", "colour") not in result.metrics  # the blind control is for synthetic data

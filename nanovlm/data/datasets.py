@@ -41,20 +41,19 @@ def check_columns(columns: list[str], where: str) -> None:
                           f"the_cauldron schema: 'images' (list of images) and 'texts' (list of user/assistant turns)")
 
 
-def _load_local(path: str) -> Any:
+def _load_local(path: str, streaming: bool) -> Any:
     import datasets
 
     if os.path.isdir(path) and any(os.path.exists(os.path.join(path, f)) for f in ("state.json", "dataset_dict.json")):
         ds = datasets.load_from_disk(path)
-    elif path.endswith(".parquet") or os.path.isdir(path):
+        if isinstance(ds, datasets.DatasetDict):
+            ds = ds["train"] if "train" in ds else next(iter(ds.values()))
+        return ds.to_iterable_dataset() if streaming else ds
+    if path.endswith(".parquet") or os.path.isdir(path):
         files = path if path.endswith(".parquet") else os.path.join(path, "**", "*.parquet")
-        ds = datasets.load_dataset("parquet", data_files=files, split="train")
-    else:
-        raise ConfigError(f"dataset path {path!r}: expected a .parquet file, a folder of parquet files or a "
-                          f"save_to_disk folder")
-    if isinstance(ds, datasets.DatasetDict):
-        ds = ds["train"] if "train" in ds else next(iter(ds.values()))
-    return ds
+        return datasets.load_dataset("parquet", data_files=files, split="train", streaming=streaming)
+    raise ConfigError(f"dataset path {path!r}: expected a .parquet file, a folder of parquet files or a "
+                      f"save_to_disk folder")
 
 
 def _load_hub(name: str, subsets: list[str], streaming: bool) -> Any:
@@ -75,14 +74,17 @@ def load_splits(cfg: DataConfig, seed: int, image_size: int = 64) -> Splits:
         records = synthetic.generate(cfg.train_samples + cfg.val_samples, seed=seed, image_size=image_size)
         digest = hashlib.sha256(f"synthetic:{len(records)}:{seed}:{image_size}".encode()).hexdigest()[:16]
         return Splits(records[cfg.val_samples:], records[: cfg.val_samples], digest, "synthetic")
-    is_local = os.path.exists(cfg.dataset)
     subsets = [s for s in cfg.subsets.split(",") if s]
-    ds = _load_local(cfg.dataset) if is_local else _load_hub(cfg.dataset, subsets, cfg.streaming)
+    if os.path.exists(cfg.dataset):
+        ds = _load_local(cfg.dataset, cfg.streaming)
+    else:
+        ds = _load_hub(cfg.dataset, subsets, cfg.streaming)
     check_columns(list(ds.column_names or REQUIRED_COLUMNS), cfg.dataset)
-    if cfg.streaming and not is_local:
-        # A stream has no length: the first val_samples are held out, training starts after them.
-        val = list(ds.take(cfg.val_samples))
-        train = ds.skip(cfg.val_samples)
+    if cfg.streaming:
+        # A stream has no length: the first val_samples are held out, training reads what follows.
+        stream = _raw_images(ds)
+        val = list(stream.take(cfg.val_samples))
+        train = stream.skip(cfg.val_samples)
         return Splits(train.take(cfg.train_samples) if cfg.train_samples else train, val,
                       f"stream:{cfg.dataset}:{cfg.subsets}", cfg.dataset)
     ds = _raw_images(ds)
@@ -154,3 +156,36 @@ class VQADataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor] | None:
         return self.processor(self.records[index])
+
+
+class StreamingVQA(torch.utils.data.IterableDataset):
+    """A streamed dataset (no length, no random access): endless epochs, each reshuffled through a
+    buffer, sharded over ranks and resumable at a position (samples this rank consumed).
+
+    Resuming re-reads the stream up to the position (cheap next to training on it). DataLoader
+    workers would each replay the whole stream, so streaming uses num_workers=0.
+    """
+
+    def __init__(self, stream: Any, processor: SampleProcessor, seed: int = 0, buffer_size: int = 1000,
+                 start: int = 0, rank: int = 0, world_size: int = 1):
+        self.stream, self.processor, self.seed, self.buffer_size = stream, processor, seed, buffer_size
+        self.start, self.rank, self.world_size = start, rank, world_size
+
+    def resume(self, start: int, rank: int, world_size: int) -> "StreamingVQA":
+        return StreamingVQA(self.stream, self.processor, self.seed, self.buffer_size, start, rank, world_size)
+
+    def __iter__(self):
+        seen, epoch = 0, 0
+        while True:
+            any_rows = False
+            shuffled = self.stream.shuffle(seed=self.seed * 100_003 + epoch, buffer_size=self.buffer_size)
+            for i, record in enumerate(shuffled):
+                any_rows = True
+                if i % self.world_size != self.rank:
+                    continue
+                seen += 1
+                if seen > self.start:
+                    yield self.processor(record)
+            if not any_rows:
+                raise ValueError("the training stream is empty")
+            epoch += 1
