@@ -91,6 +91,12 @@ def resolve_architecture(cfg: ModelConfig) -> Architecture:
         language_config = backbones.load_backbone_config(language_source)
     pre = backbones.read_json_file(vision_source, "preprocessor_config.json")
     transform = ImageTransform.from_preprocessor(pre, cfg.image_size)
+    return _architecture(cfg, vision_source, language_source, vision_config, language_config, transform)
+
+
+def _architecture(cfg: ModelConfig, vision_source: str, language_source: str, vision_config: Any,
+                  language_config: Any, transform: ImageTransform) -> Architecture:
+    """Check the image geometry (size / patch / shuffle) and derive the token counts."""
     patch = int(vision_config.patch_size)
     if transform.size % patch:
         ok = sorted({transform.size // patch * patch, (transform.size // patch + 1) * patch})
@@ -271,12 +277,8 @@ def _architecture_from_checkpoint(cfg: ModelConfig, stored: dict[str, Any], path
     with _quiet_transformers():
         vision_config, language_config = rebuild(stored["vision_config"]), rebuild(stored["language_config"])
     transform = ImageTransform.from_preprocessor(read_json(path / "preprocessor_config.json"))
-    patch = int(vision_config.patch_size)
-    grid = transform.size // patch
-    factor = shuffle_factor(grid, cfg)
-    return Architecture(cfg, stored["sources"]["vision"], stored["sources"]["language"], vision_config,
-                        language_config, transform, patch, grid, factor, (grid // factor) ** 2,
-                        backbones.num_prefix_tokens(vision_config))
+    return _architecture(cfg, stored["sources"]["vision"], stored["sources"]["language"], vision_config,
+                         language_config, transform)
 
 
 def _tokenizer_for(arch: Architecture) -> Any:
