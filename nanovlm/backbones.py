@@ -148,8 +148,10 @@ def vision_tower_config(config: Any) -> Any:
         raise ConfigError(
             f"unsupported vision model type {vision.model_type!r}; supported: {', '.join(CLS_TOKENS)}"
         )
-    if hasattr(vision, "vision_use_head"):
-        vision.vision_use_head = False  # nanoVLM uses patch features; the MAP head would be dead weight
+    if vision.model_type.startswith("siglip"):
+        # nanoVLM uses patch features; the MAP pooling head would be dead weight. Set it even when the
+        # config class lacks the field: SigLIP's vision tower reads it with a default of True.
+        vision.vision_use_head = False
     return vision
 
 

@@ -1,0 +1,51 @@
+"""Names that profiles log and the size table reads, defined once (the training loop's own names
+stay in `nanovlm.metrics`; these are the ones only `reports` uses).
+
+    from reports import names as N
+    tracker.log_metrics({N.IMAGE_TOKENS: 49, N.MFU: 0.31}, step=0)
+
+A profile logs the same `params/*`, `train/samples_per_s`, `train/tokens_per_s` and
+`train/peak_memory_mb` as a training run, so the table reads one name whichever kind of run a
+number came from; what only a profile measures gets a `profile/` name here.
+"""
+
+from nanovlm import metrics as M
+
+EXPERIMENT = "profile"  # MLflow experiment of profile runs
+TRAINING_EXPERIMENT = "nanovlm"  # experiments.run's default experiment (ExperimentConfig.experiment)
+# Where evaluation scores of a checkpoint whose training run is not in the store go
+# (evals.mlflow_log.EXPERIMENT; reports does not import evals, a test checks the two agree).
+EVAL_EXPERIMENT = "nanovlm-evals"
+
+# Metrics of a profile run (besides M.PARAMS_PREFIX + part, M.SAMPLES_PER_S, M.TOKENS_PER_S, M.PEAK_MEMORY_MB).
+IMAGE_TOKENS = "profile/image_tokens"  # LM tokens per image, after the projector
+VISION_TOKENS = "profile/vision_tokens"  # tokens through the vision tower per image (patches + CLS/registers)
+STEP_TIME_S = "profile/step_time_s"  # median wall time of one optimizer step (all micro-steps)
+FORWARD_BACKWARD_S = "profile/forward_backward_s"  # median wall time of the micro-steps of a step
+OPTIMIZER_S = "profile/optimizer_s"  # median wall time of clipping + AdamW step + zero_grad
+MODEL_FLOPS_PER_STEP = "profile/model_flops_per_step"  # see reports.measure.model_flops
+ACHIEVED_TFLOPS = "profile/achieved_tflops"  # model FLOPs per second / 1e12
+MFU = "profile/mfu"  # achieved / peak FLOPS of the device, 0..1; only where the peak is known
+WALL_S = "profile/wall_s"  # the whole row: meta count, fresh process, model build, all steps
+
+PARAM_PARTS = ("vision", "projector", "language", "total", "trainable")
+
+
+def param_metric(part: str) -> str:
+    return f"{M.PARAMS_PREFIX}{part}"
+
+
+# Tags of a profile run (besides preset, vision_encoder, language_model, device, git_sha and versions).
+PEAK_MEMORY_MEASURE_TAG = "peak_memory_measure"  # a key of PEAK_MEMORY_MEASURES
+MFU_NOTE_TAG = "mfu_note"  # why there is no MFU, when there is none
+ERROR_TAG = "error"  # why a profile failed (the run ends FAILED)
+
+PEAK_MEMORY_MEASURES = {
+    "cuda_max_allocated": "CUDA: torch.cuda.max_memory_allocated over the profiled steps (tensors only, "
+                          "not the CUDA context or the allocator's cache)",
+    "cpu_step_peak_rss": "CPU: peak resident memory of a fresh process during the profiled steps (Linux "
+                         "VmHWM, reset just before the first step): weights, gradients, AdamW state, "
+                         "activations and the Python/torch runtime",
+    "cpu_process_peak_rss": "CPU: peak resident memory (ru_maxrss) of a fresh process over its whole life, "
+                            "model building included",
+}

@@ -1,0 +1,270 @@
+"""reports: a tiny profile into MLflow, the size table from a store, parameter totals against the source.
+
+One sqlite store for the module (creating MLflow's schema takes seconds): the `tiny` preset is
+profiled into it once, the way a user would (`reports.profile.main`, a fresh worker process per
+row), and fake training/evaluation runs are logged beside it for the table tests.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+import pytest
+
+from experiments.presets import get_preset
+from reports import names as N
+from reports import profile, size_table
+from reports.measure import count_parameters, model_flops, peak_tflops
+
+SEQ_LEN = 40  # tiny: 16 image tokens + 24 text tokens
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    uri = f"sqlite:///{tmp_path_factory.mktemp('reports')}/mlflow.db"
+    rc = profile.main(["--presets", "tiny", "--seq_len", str(SEQ_LEN), "--steps", "2", "--warmup", "1",
+                       "--device", "cpu", "--tracking_uri", uri])
+    assert rc == 0
+    return uri
+
+
+@pytest.fixture(scope="module")
+def client(store):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=store)
+
+
+@pytest.fixture(scope="module")
+def profile_run(client):
+    experiment = client.get_experiment_by_name(N.EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    return runs[0]
+
+
+def _fake_run(uri: str, experiment: str, tags: dict, metrics: dict) -> str:
+    from nanovlm.tracking import MLflowTracker
+
+    with MLflowTracker.start(experiment, "fake", tags=tags, tracking_uri=uri, system_metrics=False) as tracker:
+        tracker.log_metrics(metrics, step=10)
+    return tracker.run_id
+
+
+# ----------------------------------------------------------------------------- profile
+
+
+def test_profile_logs_a_run_with_measurements_and_provenance(profile_run):
+    run = profile_run
+    assert run.info.status == "FINISHED"
+    m, tags, params = run.data.metrics, run.data.tags, run.data.params
+    counts = count_parameters(get_preset("tiny"))
+    for part in N.PARAM_PARTS:
+        assert m[N.param_metric(part)] == counts[part]
+    assert m["train/samples_per_s"] > 0
+    assert m["train/tokens_per_s"] == pytest.approx(m["train/samples_per_s"] * SEQ_LEN)
+    assert m["train/samples_per_s"] == pytest.approx(1 / m[N.STEP_TIME_S])
+    assert m["train/peak_memory_mb"] > 50  # a whole Python + torch process
+    assert m[N.IMAGE_TOKENS] == 16 and m[N.VISION_TOKENS] == 64  # 64 px, 8x8 patches of 8 px
+    assert m[N.MODEL_FLOPS_PER_STEP] > 0 and m[N.ACHIEVED_TFLOPS] > 0 and m[N.WALL_S] > 0
+    assert N.MFU not in m and "CUDA" in tags[N.MFU_NOTE_TAG]  # CPU: no peak to compare with
+    assert tags["preset"] == "tiny" and tags[profile.RUN_KIND_TAG] == profile.PROFILE_KIND
+    assert tags["device"].startswith("cpu (")
+    assert tags[N.PEAK_MEMORY_MEASURE_TAG] in ("cpu_step_peak_rss", "cpu_process_peak_rss")
+    for key in ("git_sha", "torch", "transformers", "mlflow", "python", "vision_encoder", "language_model",
+                "flops_formula"):
+        assert tags[key], key
+    assert params["profile.seq_len"] == str(SEQ_LEN) and params["profile.batch_size"] == "1"
+    assert params["profile.isolated"] == "True" and params["model.tiny"] == "True"
+
+
+def test_a_failing_row_ends_failed_with_its_reason_and_keeps_parameter_counts(store, client):
+    # 10 tokens cannot hold tiny's 16 image tokens: the measurement raises, the run records why.
+    rc = profile.main(["--presets", "tiny", "--seq_len", "10", "--steps", "1", "--warmup", "0", "--device", "cpu",
+                       "--tracking_uri", store, "--experiment", "profile_failures", "--in_process"])
+    assert rc == 1
+    (run,) = client.search_runs([client.get_experiment_by_name("profile_failures").experiment_id])
+    assert run.info.status == "FAILED"
+    assert "seq_len 10" in run.data.tags[N.ERROR_TAG]
+    assert run.data.metrics[N.param_metric("total")] == count_parameters(get_preset("tiny"))["total"]
+
+
+def test_profile_rejects_unknown_presets_before_running_anything(capsys):
+    assert profile.main(["--presets", "tiny,nope", "--device", "cpu", "--tracking_uri", "sqlite:///:memory:"]) == 2
+    assert "nope" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- size table
+
+
+def _cells(markdown: str, preset: str) -> dict[str, str]:
+    lines = [line for line in markdown.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    for line in lines[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[0] == f"`{preset}`":
+            return dict(zip(header, cells))
+    raise AssertionError(f"no row for {preset}")
+
+
+def _footnote(markdown: str, cell: str) -> str:
+    marker = re.fullmatch(r".*\[\^(\d+)\]", cell).group(1)
+    return re.search(rf"^\[\^{marker}\]: (.*)$", markdown, re.M).group(1)
+
+
+@pytest.fixture(scope="module")
+def table(store, profile_run, tmp_path_factory):
+    tags = {k: profile_run.data.tags[k] for k in ("vision_encoder", "language_model", "device")}
+    total = profile_run.data.metrics[N.param_metric("total")]
+    trained = _fake_run(store, N.TRAINING_EXPERIMENT, {"preset": "tiny", **tags},
+                        {N.param_metric("total"): total, "eval/mmstar/average": 31.25, "eval/synthetic/overall": 50.0,
+                         "train/samples_per_s": 123.0})
+    # Same preset, another vision encoder: its score must not land on the tiny row.
+    _fake_run(store, N.TRAINING_EXPERIMENT, {"preset": "tiny", **tags, "vision_encoder": "/x/tiny-v1/dinov2"},
+              {N.param_metric("total"): total + 1000, "eval/mmstar/average": 99.0})
+    # Trained but never profiled: parameter counts only.
+    small = _fake_run(store, N.TRAINING_EXPERIMENT,
+                      {"preset": "original_small", "vision_encoder": "google/siglip-base-patch16-224",
+                       "language_model": "HuggingFaceTB/SmolLM2-135M", "device": "NVIDIA H100 80GB HBM3"},
+                      {N.param_metric(p): v for p, v in count_parameters(get_preset("original_small")).items()})
+    _fake_run(store, N.TRAINING_EXPERIMENT, {}, {"eval/mmstar/average": 12.0})  # no preset tag
+    # An evaluation alone (no parameter counts, never profiled): still a row, never dropped.
+    evaluated = _fake_run(store, N.EVAL_EXPERIMENT, {"preset": "dinov3_gemma"},
+                          {"eval/mmstar/average": 40.0, "eval/mmstar/failed": 3.0})
+    out = tmp_path_factory.mktemp("table")
+    assert size_table.main(["--experiments", f"{N.EXPERIMENT},{N.TRAINING_EXPERIMENT},{N.EVAL_EXPERIMENT},absent", "--out", str(out),
+                            "--tracking_uri", store]) == 0
+    return {"out": out, "markdown": (out / "size_table.md").read_text(), "csv": pd.read_csv(out / "size_table.csv"),
+            "trained": trained, "small": small, "evaluated": evaluated, "profile": profile_run.info.run_id}
+
+
+def test_table_fills_measured_cells_and_joins_evaluation_scores(table):
+    md, csv = table["markdown"], table["csv"]
+    assert list(csv["preset"]) == ["original_small", "dinov3_gemma", "tiny", "tiny"]  # the source's order first
+    tiny = _cells(md, "tiny")
+    assert tiny["Total Params"] == "0.21M" and tiny["Image tokens"] == "16"
+    assert tiny["MMStar"] == "31.2" and tiny["synthetic/overall"] == "50.0"
+    assert "GiB" in tiny["Peak memory (BS=1)"] and "peak resident memory" in _footnote(md, tiny["Peak memory (BS=1)"])
+    assert f"{SEQ_LEN} tokens per sample" in _footnote(md, tiny["Training speed (samples/s)"])
+    assert "CUDA only" in _footnote(md, tiny["MFU"])
+    assert tiny["Device"].startswith("cpu (")
+    assert table["profile"][:8] in tiny["Runs"] and table["trained"][:8] in tiny["Runs"]
+
+    row = csv[(csv["preset"] == "tiny") & csv["profile_run_id"].notna()].iloc[0]
+    assert row["eval/mmstar/average"] == 31.25 and row["eval_run_ids"] == table["trained"]
+    assert row["samples_per_s"] > 0 and row["peak_memory_mb"] > 0 and pd.isna(row["mfu"])
+    assert row["image_tokens"] == 16 and row["seq_len"] == SEQ_LEN
+    # the other-encoder run is a row of its own, with its own score
+    other = csv[(csv["preset"] == "tiny") & csv["profile_run_id"].isna()].iloc[0]
+    assert other["eval/mmstar/average"] == 99.0 and other["vision_encoder"] == "/x/tiny-v1/dinov2"
+    assert "differs from the profiled `tiny`" in other["notes"]
+
+
+def test_table_leaves_missing_data_empty_with_a_footnote(table):
+    md, csv = table["markdown"], table["csv"]
+    small = _cells(md, "original_small")
+    assert small["Vision Encoder (params)"] == "SigLIP-B/16-224 (85.80M)"
+    assert small["Total Params"] == "222.08M" and small["Device"] == "NVIDIA H100 80GB HBM3"
+    for column in ("Peak memory (BS=1)", "Training speed (samples/s)", "Tokens/s", "MFU", "Image tokens"):
+        assert re.fullmatch(r"\[\^\d+\]", small[column]), column  # empty cell + footnote
+        assert "Not profiled" in _footnote(md, small[column])
+    assert re.fullmatch(r"\[\^\d+\]", small["MMStar"]) and "No `eval/mmstar/average`" in _footnote(md, small["MMStar"])
+    assert "1 run(s) with evaluation metrics but no `preset` tag" in md
+    assert "(not found: absent)" in md
+
+    row = csv[csv["preset"] == "original_small"].iloc[0]
+    assert row["total_params"] == 222082176 and row["params_run_id"] == table["small"]
+    assert pd.isna(row["peak_memory_mb"]) and pd.isna(row["samples_per_s"]) and pd.isna(row["eval/mmstar/average"])
+    assert "Not profiled" in row["notes"]
+
+    evaluated = _cells(md, "dinov3_gemma")
+    assert evaluated["MMStar"] == "40.0" and table["evaluated"][:8] in evaluated["Runs"]
+    assert "mmstar/failed" not in md  # a count, not a score: excluded by default
+    assert _footnote(md, evaluated["Total Params"]) == "Parameter count not recorded."
+
+
+def test_table_writes_both_plots(table):
+    for name in ("params_vs_mmstar.png", "throughput.png"):
+        data = (table["out"] / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
+
+
+def test_a_failed_profile_row_shows_its_error_as_the_footnote(store):
+    frame, missing = size_table.load_runs(["profile_failures"], store)
+    assert not missing
+    md = size_table.build_table(frame).markdown
+    tiny = _cells(md, "tiny")
+    assert tiny["Total Params"] == "0.21M"  # counted before the measurement failed
+    note = _footnote(md, tiny["Training speed (samples/s)"])
+    assert "failed" in note and "seq_len 10" in note
+
+
+def test_eval_columns_follow_the_patterns():
+    names = ["eval/mmstar/failed", "eval/mme/total", "eval/mmstar/average", "eval/ai2d/accuracy"]
+    assert size_table.select_evals(names) == ["eval/mmstar/average", "eval/ai2d/accuracy", "eval/mme/total"]
+    assert size_table.select_evals(names, ("eval/*/accuracy",)) == ["eval/mmstar/average", "eval/ai2d/accuracy"]
+    assert size_table.select_evals([], ()) == ["eval/mmstar/average"]  # always a column, empty + footnote
+
+
+def test_eval_experiment_name_matches_the_evaluation_cli():
+    mlflow_log = pytest.importorskip("evals.mlflow_log")
+    assert N.EVAL_EXPERIMENT == mlflow_log.EXPERIMENT
+
+
+def test_an_empty_store_gives_a_table_that_says_so(tmp_path):
+    table = size_table.build_table(pd.DataFrame(columns=["run_id", "experiment", "status", "start_time"]))
+    assert "run `python -m reports.profile` first" in table.markdown and table.frame.empty
+
+
+# ----------------------------------------------------------------------------- counting and FLOPs
+
+
+def test_parameter_totals_agree_with_the_source_document():
+    small = count_parameters(get_preset("original_small"))
+    assert small["total"] == pytest.approx(222e6, rel=0.005)  # "original_small - 222M Parameters"
+    assert small["vision"] == pytest.approx(85.8e6, rel=0.001)  # "SigLIP-B/16-224 (85.8M params)"
+    assert small["language"] == pytest.approx(134.6e6, rel=0.001)  # "SmolLM2-135M (134.6M params)"
+    assert small["projector"] == pytest.approx(1.8e6, rel=0.02)  # "~1.8M params"
+    default = count_parameters(get_preset("default"))
+    # The source's table says "~450M", the help text it quotes "460M"; the parts add up to 460.05M.
+    assert default["total"] == pytest.approx(460e6, rel=0.001)
+    assert default["total"] == pytest.approx(450e6, rel=0.025)
+    frozen = count_parameters(profile.resolve_rows("original_small", {"freeze_vision_encoder": "true"})[0][1])
+    assert frozen["trainable"] == small["total"] - small["vision"]
+
+
+def test_flops_formula_follows_freezing():
+    from nanovlm.config import override
+    from nanovlm.model.vlm import build_vlm
+
+    cfg = get_preset("tiny")
+    model = build_vlm(cfg.model, meta=True)
+    full = model_flops(model, cfg.train, batch_size=2, seq_len=SEQ_LEN, loss_tokens=24)
+    frozen = model_flops(model, override(cfg, {"freeze_vision_encoder": True}).train, 2, SEQ_LEN, 24)
+    lm_frozen = model_flops(model, override(cfg, {"lr_language": 0.0}).train, 2, SEQ_LEN, 24)
+    assert frozen.vision * 3 == full.vision and frozen.language == full.language  # forward only
+    assert lm_frozen.language * 3 == full.language * 2  # forward + input gradients, no weight gradients
+    assert model_flops(model, cfg.train, 1, SEQ_LEN, 24).total * 2 == full.total  # linear in batch
+    # the head runs on loss tokens only: twice the tokens, twice the head
+    assert model_flops(model, cfg.train, 2, SEQ_LEN, 48).head == 2 * full.head
+
+
+def test_peak_flops_of_known_gpus():
+    assert peak_tflops("NVIDIA H100 80GB HBM3") == 989.4
+    assert peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert peak_tflops("NVIDIA H200") == 989.4
+    assert peak_tflops("NVIDIA GeForce RTX 3090") is None
+
+
+@pytest.mark.gpu
+def test_cuda_profile_measures_allocated_memory_and_mfu():
+    from reports.measure import measure
+
+    result = measure(get_preset("tiny"), seq_len=SEQ_LEN, steps=2, warmup=1, device="cuda")
+    assert result.tags[N.PEAK_MEMORY_MEASURE_TAG] == "cuda_max_allocated"
+    assert result.tags["dtype"] == "bf16 autocast" and result.metrics["train/peak_memory_mb"] > 0
+    if peak_tflops(result.tags["device"]) is None:
+        assert "unknown" in result.tags[N.MFU_NOTE_TAG]
+    else:
+        assert 0 < result.metrics[N.MFU] < 1
