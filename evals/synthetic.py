@@ -38,7 +38,7 @@ def score(records: list[dict], answers: list[str]) -> dict[str, float]:
         correct = normalise(answer) == record["texts"][0]["assistant"].lower()
         hits[question_type(record)].append(correct)
         hits["overall"].append(correct)
-    return {kind: 100.0 * sum(v) / len(v) for kind, v in sorted(hits.items())}
+    return {kind: sum(v) / len(v) for kind, v in sorted(hits.items())}  # fractions, as every eval/ metric
 
 
 def evaluate(model: Any, records: list[dict], blind: bool = False, batch_size: int = 32) -> dict[str, float]:

@@ -91,7 +91,7 @@ def _print_synthetic_table(metrics: dict[str, float]) -> None:
         return
     print(f"\n{'question type':<14} {'with images':>12} {'blind':>8} {'gain':>8}")
     for kind in kinds:
-        seen, blind = metrics[eval_name("synthetic", kind)], metrics[eval_name("synthetic_blind", kind)]
+        seen, blind = (100 * metrics[eval_name(task, kind)] for task in ("synthetic", "synthetic_blind"))
         print(f"{kind:<14} {seen:>11.1f}% {blind:>7.1f}% {seen - blind:>+7.1f}")
 
 

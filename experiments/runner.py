@@ -176,7 +176,7 @@ def run_experiment(cfg: ExperimentConfig, resume: str | None = None, parent_run_
 
                 for task, scores in evaluate_with_control(model, list(splits.val)).items():
                     final.update({M.eval_name(task, kind): value for kind, value in scores.items()})
-                    log.info("%s accuracy: %s", task, {k: round(v, 1) for k, v in scores.items()})
+                    log.info("%s accuracy: %s", task, {k: round(v, 3) for k, v in scores.items()})
             final.update({f"{M.PARAMS_PREFIX}{k}": float(v) for k, v in counts.items()})
             tracker.log_metrics(final, state.step)
             final.update({M.TRAIN_LOSS: state.history[M.TRAIN_LOSS][-1][1], M.VAL_LOSS: state.history[M.VAL_LOSS][-1][1],

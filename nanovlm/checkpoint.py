@@ -38,6 +38,10 @@ class TrainerState:
     config: dict[str, Any] = field(default_factory=dict)
     history: dict[str, list[list[float]]] = field(default_factory=dict)  # metric -> [[step, value], ...]
 
+    def meta(self, **extra: Any) -> dict[str, Any]:
+        """What a checkpoint's meta.json says about the run that wrote it."""
+        return {"run_id": self.run_id, "step": self.step, "preset": self.config.get("preset"), **extra}
+
     def record(self, name: str, step: int, value: float) -> None:
         self.history.setdefault(name, []).append([step, value])
 
@@ -90,7 +94,7 @@ def save_training_checkpoint(run_dir: str | Path, model: Any, optimizer: torch.o
     """Write checkpoints/step-N atomically, then prune all but the newest `keep`."""
     path = checkpoint_dir(Path(run_dir)) / f"step-{state.step:06d}"
     with atomic_directory(path) as tmp:
-        model.write_files(tmp, meta={"run_id": state.run_id, "step": state.step})
+        model.write_files(tmp, meta=state.meta())
         tensors, meta = _optimizer_tensors(optimizer)
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         write_json(tmp / "optimizer.json", meta)

@@ -169,7 +169,7 @@ def train(model: Any, train_set: Any, val_set: Any, cfg: ExperimentConfig, track
                 state.best_val_loss = val_loss
                 step_metrics[M.BEST_VAL_LOSS] = val_loss
                 if dist.is_main:
-                    save_best(run_dir, model, {"run_id": state.run_id, "step": state.step, "val_loss": val_loss})
+                    save_best(run_dir, model, state.meta(val_loss=val_loss))
         if dist.is_main:
             tracker.log_metrics(step_metrics, state.step)
         if M.VAL_LOSS in step_metrics and on_validation is not None:

@@ -1,0 +1,60 @@
+"""ChartQA (test): questions about charts, relaxed accuracy as lmms-eval 0.7.3 scores it.
+
+    python -m evals.chartqa CKPT                  # lmms-lab-encoder/ChartQA, test
+    python -m evals.chartqa CKPT --data chartqa.parquet
+
+Prompt: the question, then "\\nAnswer the question with a single word.". Scoring: when answer and
+gold both read as numbers ("12%" = 0.12), right within 5% of a non-zero gold; otherwise a
+case-insensitive exact match. Scores: `relaxed_overall`, and the same over the human-written
+(`relaxed_human_split`, type "human_test") and generated (`relaxed_augmented_split`) questions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from evals.aggregate import mean
+from evals.task import Scored, Task
+from evals.vqa_metrics import relaxed_correct
+
+POST_PROMPT = "\nAnswer the question with a single word."
+
+
+@dataclass(frozen=True)
+class ChartQA(Task):
+    name: str = "chartqa"
+    lmms_task: str = "chartqa"
+    hub_id: str = "lmms-lab-encoder/ChartQA"
+    split: str = "test"
+    columns: tuple[str, ...] = ("type", "question", "answer")
+    post_prompt: str = POST_PROMPT
+    primary: str = "relaxed_overall"
+    schema_hint: str = "ChartQA's schema: type (human_test / augmented_test), question, answer, image"
+
+    def rule(self) -> str:
+        return "relaxed accuracy: numbers within 5% of a non-zero gold, else case-insensitive exact match"
+
+    def prompt(self, row: dict[str, Any]) -> str:
+        return f"{row['question']}{POST_PROMPT}"
+
+    def judge(self, row: dict[str, Any], answer: str) -> Scored:
+        return Scored(float(relaxed_correct(answer.strip(), row["answer"])), answer.strip(), row["answer"])
+
+    def aggregate(self, rows: Sequence[dict[str, Any]], scored: Sequence[Scored]) -> dict[str, float]:
+        human = [s.score for r, s in zip(rows, scored) if r["type"] == "human_test"]
+        augmented = [s.score for r, s in zip(rows, scored) if r["type"] != "human_test"]
+        out = {"relaxed_overall": mean([s.score for s in scored])}
+        if human:  # lmms-eval has no value for a split without items
+            out["relaxed_human_split"] = mean(human)
+        if augmented:
+            out["relaxed_augmented_split"] = mean(augmented)
+        return out
+
+
+TASK = ChartQA()
+
+if __name__ == "__main__":
+    from evals.cli import main
+
+    main(TASK)

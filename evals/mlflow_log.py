@@ -1,0 +1,127 @@
+"""Logging evaluation scores to MLflow: to the run that trained the checkpoint, else to a new run.
+
+    run_id = log_results(results, "runs/x/checkpoints/step-100", {"mmstar": out_dir}, tracking_uri=None)
+
+Metric names come from `nanovlm.metrics.eval_name`, with names made MLflow-safe (MLflow rejects
+"&"): eval/mmstar/average, eval/mmstar/science_technology, eval/mmstar/accuracy,
+eval/mmstar/failed, eval/mme/mme_perception_score, ... The step is the checkpoint's training step
+(from its meta.json), so evaluations of several checkpoints of one run draw a curve.
+
+The training run is found by the `run_id` in the checkpoint's meta.json, in the store at
+`tracking_uri` (default: `nanovlm.tracking.default_tracking_uri()`, where training logs too).
+A finished run keeps its final status (FINISHED, FAILED or KILLED); a run still RUNNING (training
+in progress) is only added to. A checkpoint without a run id, or whose run is not in that store,
+gets a new run in the `nanovlm-evals` experiment, tagged with the checkpoint (and a warning says
+which store was searched).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+from evals.harness import TaskResult
+from nanovlm.files import read_json
+from nanovlm.metrics import eval_name
+from nanovlm.tracking import TERMINAL_STATUSES, MLflowTracker, default_tracking_uri
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT = "nanovlm-evals"
+
+
+def metric_key(name: str) -> str:
+    """An MLflow-safe metric name part: "science & technology" -> "science_technology"."""
+    return re.sub(r"[^a-z0-9.]+", "_", name.lower()).strip("_")
+
+
+def checkpoint_meta(checkpoint: str | Path) -> dict[str, Any]:
+    path = Path(checkpoint) / "meta.json"
+    return read_json(path) if path.is_file() else {}
+
+
+def architecture_tags(checkpoint: str | Path, meta: dict[str, Any]) -> dict[str, str]:
+    """preset / vision_encoder / language_model, the tags the size table joins scores on."""
+    config = Path(checkpoint) / "config.json"
+    sources = read_json(config).get("sources", {}) if config.is_file() else {}
+    tags = {"preset": meta.get("preset"), "vision_encoder": sources.get("vision"),
+            "language_model": sources.get("language")}
+    return {k: str(v) for k, v in tags.items() if v}
+
+
+def _existing_run(run_id: str, tracking_uri: str) -> Any:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = MlflowClient(tracking_uri=tracking_uri).get_run(run_id)
+    except MlflowException:
+        return None
+    return None if run.info.lifecycle_stage == "deleted" else run
+
+
+def log_results(results: Sequence[TaskResult], checkpoint: str, out_dirs: dict[str, Path], *,
+                tracking_uri: str | None = None, experiment: str = EXPERIMENT) -> str:
+    """Log the tasks' scores, accuracy and failed count (and their results folders as artifacts
+    under evals/<task>); return the run id."""
+    scores = {r.task: {**r.scores, "accuracy": r.accuracy, "failed": float(r.counts["failed"])} for r in results}
+    return log_scores(scores, checkpoint, out_dirs, tracking_uri=tracking_uri, experiment=experiment)
+
+
+def log_scores(scores: dict[str, dict[str, float]], checkpoint: str, out_dirs: dict[str, Path] | None = None, *,
+               tracking_uri: str | None = None, experiment: str = EXPERIMENT) -> str:
+    """Log {task: {score name: value}} as eval/<task>/<score>; return the run id."""
+    from mlflow import MlflowClient
+
+    uri = tracking_uri or default_tracking_uri()
+    out_dirs = out_dirs or {}
+    meta = checkpoint_meta(checkpoint)
+    run_id, step = meta.get("run_id"), int(meta.get("step", 0) or 0)
+    metrics = {eval_name(task, metric_key(k)): float(v) for task, values in scores.items() for k, v in values.items()}
+    tags = {f"eval.{task}.checkpoint": str(checkpoint) for task in scores}
+    run = _existing_run(run_id, uri) if run_id else None
+
+    if run is not None and run.info.status == "RUNNING":
+        # Training is still going on: add to the run without touching its status or signals.
+        import time
+
+        from mlflow.entities import Metric, RunTag
+
+        client, now = MlflowClient(tracking_uri=uri), int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()],
+                         tags=[RunTag(k, v) for k, v in tags.items()])
+        for task, out in out_dirs.items():
+            client.log_artifacts(run_id, str(out), f"evals/{task}")
+        return run_id
+
+    if run is not None:
+        name = MlflowClient(tracking_uri=uri).get_experiment(run.info.experiment_id).name
+        tracker = MLflowTracker.start(name, run_id=run_id, tracking_uri=uri, system_metrics=False)
+        try:
+            _log(tracker, metrics, step, tags, out_dirs)
+        finally:
+            # a FAILED or KILLED training run stays so
+            tracker.finish(run.info.status if run.info.status in TERMINAL_STATUSES else "FINISHED")
+        return run_id
+
+    if run_id:
+        log.warning("run %s (from %s/meta.json) is not in the MLflow store %s: logging to a new run in "
+                    "experiment %r; pass --tracking_uri with the store the training used", run_id, checkpoint,
+                    uri, experiment)
+    with MLflowTracker.start(experiment, run_name=f"eval-{Path(checkpoint).name}", tracking_uri=uri,
+                             tags={"checkpoint": str(checkpoint), "source_run_id": run_id or "",
+                                   **architecture_tags(checkpoint, meta)},
+                             system_metrics=False) as tracker:
+        _log(tracker, metrics, step, tags, out_dirs)
+        return tracker.run_id
+
+
+def _log(tracker: MLflowTracker, metrics: dict[str, float], step: int, tags: dict[str, str],
+         out_dirs: dict[str, Path]) -> None:
+    tracker.set_tags(tags)
+    tracker.log_metrics(metrics, step)
+    tracker.flush()
+    for task, out in out_dirs.items():
+        tracker.log_artifact(out, f"evals/{task}")

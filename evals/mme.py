@@ -1,0 +1,68 @@
+"""MME: yes/no questions in pairs on one image, 14 subtasks, scored as lmms-eval 0.7.3 does.
+
+    python -m evals.mme CKPT                      # lmms-lab-encoder/MME, test
+    python -m evals.mme CKPT --data mme.parquet
+
+Prompt: the question, stripped, without its " Please answer yes or no.", then "\\nAnswer the
+question using a single word or phrase.". An answer reads as yes/no from its first characters
+(evals/vqa_metrics.py::mme_yes_no); anything else is "other" (wrong, counted as unrecognised).
+Per subtask: accuracy (% of questions) + accuracy+ (% of images with both questions right),
+0-200. Scores: `mme_perception_score` (10 subtasks, 0-2000) and `mme_cognition_score`
+(4 subtasks, 0-800), sums of their subtasks' scores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from evals.aggregate import mme_scores
+from evals.task import Scored, Task
+from evals.vqa_metrics import mme_gold, mme_yes_no
+
+POST_PROMPT = "\nAnswer the question using a single word or phrase."
+YES_NO_SUFFIX = " Please answer yes or no."
+
+
+@dataclass(frozen=True)
+class MME(Task):
+    name: str = "mme"
+    lmms_task: str = "mme"
+    hub_id: str = "lmms-lab-encoder/MME"
+    split: str = "test"
+    columns: tuple[str, ...] = ("question_id", "question", "answer", "category")
+    post_prompt: str = POST_PROMPT
+    primary: str = "mme_perception_score"
+    schema_hint: str = "MME's schema: question_id (the image, shared by its 2 questions), question, answer " \
+                       "(Yes/No), category, image"
+
+    def rule(self) -> str:
+        return "yes/no from the answer's first characters; per subtask acc + acc+ (pairs)"
+
+    def item_id(self, row: dict[str, Any], index: int) -> Any:
+        return f"{row['question_id']}#{index}"  # the two questions of an image share question_id
+
+    def prompt(self, row: dict[str, Any]) -> str:
+        return row["question"].strip().replace(YES_NO_SUFFIX, "") + POST_PROMPT
+
+    def judge(self, row: dict[str, Any], answer: str) -> Scored:
+        read, gold = mme_yes_no(answer), mme_gold(row["answer"])
+        return Scored(float(read == gold), read, gold, parsed=read != "other")
+
+    def aggregate(self, rows: Sequence[dict[str, Any]], scored: Sequence[Scored]) -> dict[str, float]:
+        scores, _ = mme_scores([r["category"] for r in rows], [r["question_id"] for r in rows],
+                               [s.score for s in scored])
+        return scores
+
+    def breakdown(self, rows: Sequence[dict[str, Any]], scored: Sequence[Scored]) -> dict[str, Any]:
+        _, per_task = mme_scores([r["category"] for r in rows], [r["question_id"] for r in rows],
+                                 [s.score for s in scored])
+        return {"subtask (acc + acc+)": per_task}
+
+
+TASK = MME()
+
+if __name__ == "__main__":
+    from evals.cli import main
+
+    main(TASK)

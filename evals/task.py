@@ -1,0 +1,90 @@
+"""What a benchmark is to the harness: where its data lives, how a row becomes a prompt, how an
+answer is scored and how item scores become the benchmark's scores.
+
+    class MyTask(Task):
+        name, hub_id, split = "mytask", "org/data", "test"
+        columns = ("question", "answer")
+        def prompt(self, row): return row["question"] + "\\nAnswer briefly."
+        def judge(self, row, answer): return Scored(float(answer == row["answer"]), answer, row["answer"])
+        def aggregate(self, rows, scored): return {"exact_match": mean([s.score for s in scored])}
+
+One module per benchmark (evals/mmstar.py, evals/textvqa.py, ...) defines a subclass and `TASK`;
+`evals/harness.py` runs any of them the same way. Prompts, rules and metric names follow
+lmms-eval 0.7.3's task of the same name (its `lmms_eval_specific_kwargs: default`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from evals.postprocess import DEFAULT_STOP, REASONING_TAGS, strip_reasoning
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One item's score (1/0, or a fraction for VQA accuracy and ANLS), what the rule read from
+    the answer ("" when nothing was recognisable: scored as wrong), and the gold answer."""
+
+    score: float
+    extracted: Any
+    gold: Any
+    parsed: bool = True
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str = ""                 # the task's name here and in metric names (eval/<name>/...)
+    lmms_task: str = ""            # lmms-eval's task of the same definition
+    hub_id: str = ""
+    hub_config: str | None = None
+    split: str = "test"
+    columns: tuple[str, ...] = ()  # text columns the task reads
+    image_columns: tuple[str, ...] = ("image",)
+    id_column: str = ""
+    max_new_tokens: int = 16       # lmms-eval's value where the task sets one, else 16
+    stop: tuple[str, ...] = DEFAULT_STOP
+    post_prompt: str = ""
+    primary: str = ""              # the headline score
+    schema_hint: str = ""          # what the data should look like, for error messages
+
+    def with_options(self, **options: Any) -> "Task":
+        """A copy with task options changed (e.g. MMStar's legacy_extract)."""
+        return dataclasses.replace(self, **options)
+
+    # ---------------------------------------------------------------- per item
+
+    def prompt(self, row: dict[str, Any]) -> str:
+        raise NotImplementedError
+
+    def item_id(self, row: dict[str, Any], index: int) -> Any:
+        return row.get(self.id_column, index) if self.id_column else index
+
+    def score(self, row: dict[str, Any], output: str) -> Scored:
+        """Score the generated text (already cut at the stop strings). By default the reasoning
+        blocks go first, as lmms-eval's CLI does after the filters; tasks with filters override."""
+        return self.judge(row, strip_reasoning(output, REASONING_TAGS))
+
+    def judge(self, row: dict[str, Any], answer: str) -> Scored:
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- all items
+
+    def aggregate(self, rows: Sequence[dict[str, Any]], scored: Sequence[Scored]) -> dict[str, float]:
+        """lmms-eval's metrics, by lmms-eval's names."""
+        raise NotImplementedError
+
+    def breakdown(self, rows: Sequence[dict[str, Any]], scored: Sequence[Scored]) -> dict[str, Any]:
+        """Finer scores worth a table (sub-axes, subtasks, splits); not lmms-eval metrics."""
+        return {}
+
+    def rule(self) -> str:
+        """How answers are scored, in words (results.json)."""
+        return ""
+
+    def describe(self) -> dict[str, Any]:
+        return {"task": self.name, "lmms_eval_task": self.lmms_task, "hub_id": self.hub_id,
+                "hub_config": self.hub_config, "split": self.split, "post_prompt": self.post_prompt,
+                "stop": list(self.stop), "reasoning_tags": [list(t) for t in REASONING_TAGS],
+                "rule": self.rule(), "primary": self.primary}

@@ -1,0 +1,58 @@
+"""TextVQA (validation): questions about text in photos, VQA accuracy as lmms-eval 0.7.3 scores it.
+
+    python -m evals.textvqa CKPT                  # lmms-lab-encoder/textvqa, validation (lmms-eval: textvqa_val)
+    python -m evals.textvqa CKPT --data textvqa.parquet
+
+Prompt: the question with `str.capitalize()` (first letter upper, the rest lower, as lmms-eval
+does), then "\\nAnswer the question using a single word or phrase."; generation also stops at
+"ASSISTANT:". Scoring: the answer and the 10 annotators' answers are normalised as the official
+VQA evaluation does (evals/vqa_metrics.py); accuracy = the mean over the 10 leave-one-out subsets of
+min(1, matches / 3). Score: `exact_match`, the mean over items.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from evals.aggregate import mean
+from evals.postprocess import DEFAULT_STOP
+from evals.task import Scored, Task
+from evals.vqa_metrics import normalize_vqa_answer, vqa_accuracy
+
+POST_PROMPT = "\nAnswer the question using a single word or phrase."
+
+
+@dataclass(frozen=True)
+class TextVQA(Task):
+    name: str = "textvqa"
+    lmms_task: str = "textvqa_val"
+    hub_id: str = "lmms-lab-encoder/textvqa"
+    split: str = "validation"
+    columns: tuple[str, ...] = ("question_id", "question", "answers")
+    id_column: str = "question_id"
+    stop: tuple[str, ...] = ("ASSISTANT:", *DEFAULT_STOP)
+    post_prompt: str = POST_PROMPT
+    primary: str = "exact_match"
+    schema_hint: str = "TextVQA's schema: question_id, question, image, answers (10 strings)"
+
+    def rule(self) -> str:
+        return "VQA accuracy (EvalAI normalisation; mean over leave-one-out of min(1, matches/3))"
+
+    def prompt(self, row: dict[str, Any]) -> str:
+        return f"{row['question'].capitalize()}{POST_PROMPT}"
+
+    def judge(self, row: dict[str, Any], answer: str) -> Scored:
+        answers = list(row["answers"] or [])
+        return Scored(vqa_accuracy(answer.strip(), answers), normalize_vqa_answer(answer.strip()), answers)
+
+    def aggregate(self, rows: Sequence[dict[str, Any]], scored: Sequence[Scored]) -> dict[str, float]:
+        return {"exact_match": mean([s.score for s in scored])}
+
+
+TASK = TextVQA()
+
+if __name__ == "__main__":
+    from evals.cli import main
+
+    main(TASK)
