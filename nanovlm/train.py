@@ -176,8 +176,9 @@ def train(model: Any, train_set: Any, val_set: Any, cfg: ExperimentConfig, track
             on_validation(state.step, step_metrics[M.VAL_LOSS])
         if last_step or state.step % tc.save_checkpoint_steps == 0:
             if dist.is_main:
-                save_training_checkpoint(run_dir, model, optimizer, state, keep=tc.keep_checkpoints)
+                # metrics first: whatever a checkpoint covers is already in MLflow if we are killed after it
                 tracker.flush()
+                save_training_checkpoint(run_dir, model, optimizer, state, keep=tc.keep_checkpoints)
             dist.barrier()
         progress.update(1)
         progress.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lrs.get('projector', 0):.2e}",
