@@ -43,8 +43,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         flags = [f"--{n}" for n in names] + [f"--{n.replace('_', '-')}" for n in names if "_" in n]
         kwargs: dict[str, Any] = dict(dest=f"cfg:{dotted}", default=argparse.SUPPRESS,
                                       help=f"{f.metadata.get('help', '')} (preset default; base {default!r})")
-        if isinstance(default, bool):  # `--compile` or `--compile false`
-            kwargs.update(nargs="?", const="true", metavar="BOOL")
+        if isinstance(default, bool) or "true" in f.metadata.get("choices", ()):  # `--packing` or `--packing false`
+            kwargs.update(nargs="?", const="true", metavar="|".join(f.metadata.get("choices", ())) or "BOOL")
         else:
             kwargs.update(metavar=type(default).__name__.upper())
         group.add_argument(*flags, **kwargs)

@@ -48,9 +48,10 @@ def tiny() -> ExperimentConfig:
     return ExperimentConfig(
         preset="tiny",
         model=ModelConfig(tiny=True, image_tokens=16),
-        data=DataConfig(dataset="synthetic", train_samples=4000, val_samples=200, max_length=128),
+        # Rows of 336 tokens hold four ~83-token samples: 4 rows = 16 samples per step.
+        data=DataConfig(dataset="synthetic", train_samples=4000, val_samples=200, max_length=336),
         # Random tiny backbones learn from scratch, so every part gets a high rate.
-        train=TrainConfig(batch_size=16, gradient_accumulation_steps=1, max_steps=600, lr_mp=0.01,
+        train=TrainConfig(batch_size=4, gradient_accumulation_steps=1, max_steps=600, lr_mp=0.01,
                           lr_backbones=0.003, warmup_ratio=0.05, validation_steps=100, eval_interval=100,
                           save_checkpoint_steps=200),
     )

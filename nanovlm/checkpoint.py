@@ -31,7 +31,8 @@ STEP_DIR = re.compile(r"^step-(\d+)$")
 @dataclass
 class TrainerState:
     step: int = 0  # optimizer steps done
-    samples_seen: int = 0  # per rank: the data position the sampler resumes from
+    samples_seen: int = 0  # this rank's data position: samples consumed (packing consumes unevenly over ranks)
+    positions: list[int] = field(default_factory=list)  # every rank's samples_seen, gathered at a checkpoint
     best_val_loss: float = float("inf")
     skipped: int = 0  # samples dropped as unreadable or too long
     run_id: str | None = None  # MLflow run, continued on resume

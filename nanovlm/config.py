@@ -41,8 +41,8 @@ class DataConfig:
     streaming: bool = _f(False, "stream a hub dataset instead of downloading it")
     train_samples: int = _f(2000, "synthetic: number of training examples; others: cap (0 = all)")
     val_samples: int = _f(200, "held-out validation examples")
-    max_length: int = _f(512, "max tokens per sample (longer samples are skipped and counted)")
-    num_workers: int = _f(0, "DataLoader worker processes")
+    max_length: int = _f(512, "max tokens per sample and per packed row (longer samples are skipped and counted)")
+    num_workers: int = _f(-1, "DataLoader worker processes decoding images; -1 = 4 on CUDA, 0 on CPU")
     max_skip_fraction: float = _f(0.1, "stop with an error when more than this fraction of samples is unreadable")
 
 
@@ -53,7 +53,8 @@ class TrainConfig:
     lr_vision: float = _f(-1.0, "vision encoder learning rate; -1 = lr_backbones, 0 = frozen")
     lr_language: float = _f(-1.0, "language model learning rate; -1 = lr_backbones, 0 = frozen")
     freeze_vision_encoder: bool = _f(False, "freeze the vision encoder (Locked-image Text tuning)")
-    batch_size: int = _f(2, "samples per device per micro-step")
+    batch_size: int = _f(2, "rows per device per micro-step (a row is one sample, or several when packing)")
+    packing: bool = _f(True, "pack samples first-fit into rows of max_length tokens (attention stays per sample)")
     gradient_accumulation_steps: int = _f(32, "micro-steps per optimizer step", aliases=("grad_accum",))
     max_steps: int = _f(5000, "optimizer steps", aliases=("max_training_steps",))
     warmup_ratio: float = _f(0.03, "fraction of max_steps of linear warmup before the cosine decay")
@@ -63,7 +64,9 @@ class TrainConfig:
     eval_interval: int = _f(500, "every N steps, keep the checkpoint with the best validation loss")
     save_checkpoint_steps: int = _f(1000, "write a resumable checkpoint every N steps")
     keep_checkpoints: int = _f(2, "resumable checkpoints to keep (plus the best)")
-    compile: bool = _f(False, "torch.compile the model")
+    compile: str = _f("auto", "torch.compile each transformer block: auto (on CUDA), true or false",
+                      choices=("auto", "true", "false"))
+    log_interval: int = _f(10, "read the step's numbers back from the device and log them every N steps")
     seed: int = _f(0, "random seed (weights of new parts, data order)")
     device: str = _f("auto", "auto, cpu or cuda")
 
@@ -152,7 +155,11 @@ def override(cfg: ExperimentConfig, changes: dict[str, Any]) -> ExperimentConfig
             raise unknown_key_error(key, [k for k in index if "." in k or k in leaves])
         dotted = index[key]
         section, f = leaves[dotted]
-        per_section.setdefault(section, {})[f.name] = _coerce(value, f.type, dotted)
+        choices = f.metadata.get("choices")
+        value = _coerce(str(value).lower() if choices and isinstance(value, bool) else value, f.type, dotted)
+        if choices and str(value).lower() not in choices:
+            raise ConfigError(f"{dotted}: expected one of {', '.join(choices)}, got {value!r}")
+        per_section.setdefault(section, {})[f.name] = str(value).lower() if choices else value
     top = per_section.pop(None, {})
     for section, values in per_section.items():
         top[section] = dataclasses.replace(getattr(cfg, section), **values)

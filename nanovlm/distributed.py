@@ -54,6 +54,14 @@ class Dist:
         td.broadcast_object_list(box, src=0)
         return box[0]
 
+    def all_gather_object(self, obj) -> list:
+        """Every rank's value, in rank order."""
+        if not self.enabled:
+            return [obj]
+        out = [None] * self.world_size
+        td.all_gather_object(out, obj)
+        return out
+
     def shutdown(self) -> None:
         if self.enabled and td.is_initialized():
             td.destroy_process_group()

@@ -2,21 +2,26 @@
 
     state = train(model, train_set, val_set, cfg, tracker, run_dir, resume_from=None, dist=Dist())
 
-AdamW over parameter groups (projector vs backbones), linear warmup + cosine, gradient
-accumulation and clipping, bf16 autocast on CUDA (fp32 on CPU), optional torch.compile, DDP under
-torchrun. Validation every `validation_steps`, the best model kept at `eval_interval`, a resumable
+Samples are packed first-fit into rows of `max_length` tokens (`--packing`, attention stays inside
+each sample) with static shapes; `nanovlm.step.train_step` does forward/backward over the
+micro-batches, clipping and fused AdamW without reading anything back from the device. The loop
+reads the step's numbers once per `log_interval` (and before validating or saving), so on a GPU
+the host runs ahead and the device never waits for Python. bf16 autocast on CUDA (fp32 on CPU),
+each transformer block compiled on CUDA, DDP under torchrun.
+
+Validation every `validation_steps`, the best model kept at `eval_interval`, a resumable
 checkpoint every `save_checkpoint_steps`; the last step always validates and saves. Resuming
-restores weights, optimizer, RNG and data position, so the losses continue exactly.
+restores weights, optimizer, RNG and every rank's data position, so the losses continue exactly.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
+import os
 import resource
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch.utils.data import DataLoader
@@ -24,10 +29,12 @@ from tqdm import tqdm
 
 from nanovlm import metrics as M
 from nanovlm.checkpoint import TrainerState, load_training_checkpoint, save_best, save_training_checkpoint
-from nanovlm.config import ExperimentConfig, to_dict
-from nanovlm.data.collate import Collator, ResumableSampler
+from nanovlm.config import ConfigError, ExperimentConfig, to_dict
+from nanovlm.data.collate import ResumableSampler
+from nanovlm.data.packing import bucket, collate_rows, model_inputs, pack
 from nanovlm.distributed import Dist
 from nanovlm.optim import apply_freezing, build_optimizer, set_lr, set_train_mode
+from nanovlm.step import autocast_for, prepare, train_step
 from nanovlm.tracking import NullTracker, Tracker
 
 
@@ -52,25 +59,57 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _to(batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
-    keys = ("input_ids", "attention_mask", "images", "labels")
-    return {k: batch[k].to(device, non_blocking=True) for k in keys}
+# ----------------------------------------------------------------------------- data
+
+
+def _as_list(samples: list[Any]) -> list[Any]:
+    return samples
+
+
+def _samples(dataset: Any, sampler: Any, workers: int) -> Iterator[Any]:
+    """Processed samples in `sampler` order; decoding and tokenising happen in `workers` processes."""
+    loader = DataLoader(dataset, batch_size=16, sampler=sampler, collate_fn=_as_list, num_workers=workers,
+                        prefetch_factor=4 if workers else None, persistent_workers=False)
+    for chunk in loader:
+        yield from chunk
+
+
+def batches(samples: Iterator[Any], model: Any, cfg: ExperimentConfig, device: torch.device) -> Iterator[dict[str, Any]]:
+    """Collated batches of `batch_size` rows, each with its `consumed` and `skipped` sample counts."""
+    row_length = cfg.data.max_length
+    for rows, consumed, skipped in pack(samples, cfg.train.batch_size, row_length, cfg.train.packing):
+        # packed rows are always full length; single samples are padded to a bucket (a few shapes)
+        longest = max((len(s["input_ids"]) for row in rows for s in row), default=1)
+        width = row_length if cfg.train.packing else min(row_length, bucket(longest))
+        batch = collate_rows(rows, width, model.tokenizer.pad_token_id, model.image_token_id, model.arch.image_tokens)
+        if device.type == "cuda":  # pinned host memory: the copy to the GPU runs asynchronously
+            batch.update({k: v.pin_memory() for k, v in batch.items() if torch.is_tensor(v)})
+        yield {**batch, "consumed": consumed, "skipped": skipped}
+
+
+def _workers(cfg: ExperimentConfig, device: torch.device) -> int:
+    if cfg.data.streaming:
+        return 0  # each worker would replay the whole stream
+    if cfg.data.num_workers >= 0:
+        return cfg.data.num_workers
+    return min(4, os.cpu_count() or 1) if device.type == "cuda" else 0
 
 
 @torch.no_grad()
-def validate(model: torch.nn.Module, loader: DataLoader, device: torch.device, autocast: Any, dist: Dist) -> float:
+def validate(step_model: torch.nn.Module, val_batches: Iterator[dict[str, Any]], device: torch.device, autocast: Any,
+             dist: Dist) -> float:
     """Validation loss, weighted by answer tokens, summed over all ranks' shards."""
-    totals = torch.zeros(2, device=device, dtype=torch.float64)  # (loss * tokens, tokens)
-    for batch in loader:
-        if not batch["size"]:
-            continue
-        inputs = _to(batch, device)
-        tokens = (inputs["labels"][:, 1:] != -100).sum()
+    weighted, tokens = torch.zeros((), device=device, dtype=torch.float64), 0  # sum of loss x tokens; tokens
+    for batch in val_batches:
         with autocast:
-            loss = model(**inputs)
-        totals += torch.stack([loss.double() * tokens, tokens.double()])
-    dist.all_reduce_sum(totals)
+            loss = step_model(**model_inputs(batch, device))
+        weighted += loss.double() * batch["stats"]["loss_tokens"]
+        tokens += batch["stats"]["loss_tokens"]
+    totals = dist.all_reduce_sum(torch.stack([weighted, torch.tensor(float(tokens), device=device, dtype=torch.float64)]))
     return (totals[0] / totals[1].clamp(min=1)).item()
+
+
+# ----------------------------------------------------------------------------- the loop
 
 
 def train(model: Any, train_set: Any, val_set: Any, cfg: ExperimentConfig, tracker: Tracker | None = None,
@@ -89,80 +128,89 @@ def train(model: Any, train_set: Any, val_set: Any, cfg: ExperimentConfig, track
     # Model and optimizer. Frozen parts (rate 0) get no gradients and stay in eval mode.
     model.to(device)
     apply_freezing(model, tc)
-    optimizer = build_optimizer(model, tc, device)
+    optimizer = build_optimizer(model, tc)
     state = TrainerState(run_id=tracker.run_id, config=to_dict(cfg))
     if resume_from is not None:
         state = load_training_checkpoint(resume_from, model, optimizer)
         state.run_id = tracker.run_id or state.run_id
-    step_model = model
-    if dist.enabled:
-        step_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if tc.compile:
-        step_model = torch.compile(step_model)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+        if state.positions and len(state.positions) != dist.world_size:
+            raise ConfigError(f"{resume_from} was written by {len(state.positions)} processes; resume it with as many "
+                              f"(torchrun --nproc_per_node {len(state.positions)}) to continue the same data order")
+        state.samples_seen = state.positions[dist.rank] if state.positions else state.samples_seen
+    step_model = prepare(model, tc, device, dist)  # fused kernels, compiled blocks, DDP
+    autocast = autocast_for(device)
 
-    # Data: the sampler starts where the checkpoint stopped; each rank reads its own shard.
-    pad_id = model.tokenizer.pad_token_id
-    loader_kw = dict(collate_fn=Collator(pad_id), num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
+    # Data: each rank reads its own shard, from where the checkpoint stopped.
+    workers = _workers(cfg, device)
     if isinstance(train_set, torch.utils.data.IterableDataset):  # streamed: resumes by position itself
-        stream = train_set.resume(state.samples_seen, dist.rank, dist.world_size)
-        batches = iter(DataLoader(stream, batch_size=tc.batch_size, **{**loader_kw, "num_workers": 0}))
+        train_samples = iter(train_set.resume(state.samples_seen, dist.rank, dist.world_size))
     else:
         sampler = ResumableSampler(len(train_set), tc.seed, state.samples_seen, dist.rank, dist.world_size)
-        batches = iter(DataLoader(train_set, batch_size=tc.batch_size, sampler=sampler, **loader_kw))
-    val_shard = torch.utils.data.Subset(val_set, range(dist.rank, len(val_set), dist.world_size))
-    val_loader = DataLoader(val_shard, batch_size=tc.batch_size, **loader_kw)
-    samples_per_step = tc.batch_size * tc.gradient_accumulation_steps
+        train_samples = _samples(train_set, sampler, workers)
+    train_batches = batches(train_samples, model, cfg, device)
+    val_indices = range(dist.rank, len(val_set), dist.world_size)
+    val_batches = lambda: batches(_samples(val_set, val_indices, min(workers, 2)), model, cfg, device)  # noqa: E731
 
     progress = tqdm(total=tc.max_steps, initial=state.step, disable=not dist.is_main, desc="train", dynamic_ncols=True)
+    unread: list[tuple[int, torch.Tensor, dict[str, float]]] = []  # (step, device numbers, host numbers)
+    window = {"samples": 0, "tokens": 0, "slots": 0, "images": 0, "image_slots": 0, "start": time.perf_counter()}
     while state.step < tc.max_steps:
-        t0 = time.perf_counter()
         lrs = set_lr(optimizer, state.step, tc)
         set_train_mode(model, tc, True)
-        loss_sum = torch.zeros((), device=device)
-        n_samples = n_tokens = 0
-        for micro in range(tc.gradient_accumulation_steps):
-            batch = next(batches)
-            state.samples_seen += tc.batch_size
-            state.skipped += batch["skipped"]
-            if not batch["size"]:
-                continue
-            inputs = _to(batch, device)
-            # DDP all-reduces gradients on the last micro-step only
-            sync = micro == tc.gradient_accumulation_steps - 1 or not dist.enabled
-            with (contextlib.nullcontext() if sync else step_model.no_sync()), autocast:
-                loss = step_model(**inputs) / tc.gradient_accumulation_steps
-            loss.backward()
-            loss_sum += loss.detach()
-            n_samples += batch["size"]
-            n_tokens += int(inputs["attention_mask"].sum())
-        if state.skipped > cfg.data.max_skip_fraction * state.samples_seen:
-            raise TooManySkipped(f"{state.skipped} of {state.samples_seen} samples were unreadable or longer than "
-                                 f"max_length={cfg.data.max_length} (limit: max_skip_fraction={cfg.data.max_skip_fraction})")
-        train_loss = dist.all_reduce_sum(loss_sum) / dist.world_size
-        if not torch.isfinite(train_loss):
-            raise NonFiniteLoss(f"the training loss became {train_loss.item()} at step {state.step + 1}; weights were "
-                                f"not updated. The last good checkpoint is in {run_dir / 'checkpoints'}. Lower the "
-                                f"learning rates or raise warmup_ratio, then --resume.")
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.max_grad_norm or float("inf"))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        state.step += 1
-        last_step = state.step == tc.max_steps
 
-        elapsed = time.perf_counter() - t0
-        train_loss = train_loss.item()
-        step_metrics = {M.TRAIN_LOSS: train_loss, M.GRAD_NORM: grad_norm.item(),
-                        M.SAMPLES_PER_S: n_samples * dist.world_size / elapsed,
-                        M.TOKENS_PER_S: n_tokens * dist.world_size / elapsed,
-                        M.PEAK_MEMORY_MB: peak_memory_mb(device), M.DATA_SKIPPED: state.skipped,
-                        **{M.lr_name(group): lr for group, lr in lrs.items()}}
-        state.record(M.TRAIN_LOSS, state.step, train_loss)
+        # Data for the whole step first; the time spent waiting for it shows a starved device.
+        t0 = time.perf_counter()
+        micro_batches = []
+        while len(micro_batches) < tc.gradient_accumulation_steps:
+            batch = next(train_batches)
+            state.samples_seen += batch["consumed"]
+            state.skipped += batch["skipped"]
+            if state.skipped > cfg.data.max_skip_fraction * state.samples_seen:
+                raise TooManySkipped(f"{state.skipped} of {state.samples_seen} samples were unreadable or longer than "
+                                     f"max_length={cfg.data.max_length} (limit: max_skip_fraction="
+                                     f"{cfg.data.max_skip_fraction})")
+            if batch["stats"]["samples"]:  # a batch of skipped samples only trains nothing
+                micro_batches.append(batch)
+                for key in ("samples", "tokens", "slots", "images", "image_slots"):
+                    window[key] += batch["stats"][key]
+        data_wait = time.perf_counter() - t0
+
+        numbers = train_step(step_model, model, optimizer, [model_inputs(b, device) for b in micro_batches],
+                             autocast, tc.max_grad_norm, dist)  # (loss, grad_norm, skipped), still on the device
+        state.step += 1
+        unread.append((state.step, numbers, {M.DATA_WAIT_S: data_wait, **{M.lr_name(g): lr for g, lr in lrs.items()}}))
+        progress.update(1)
+        last_step = state.step == tc.max_steps
+        validate_now = last_step or state.step % tc.validation_steps == 0 or state.step % tc.eval_interval == 0
+        save_now = last_step or state.step % tc.save_checkpoint_steps == 0
+        if not (validate_now or save_now or state.step % tc.log_interval == 0):
+            continue
+
+        # Read the steps since the last read: one host sync for all of them.
+        values = torch.stack([n for _, n, _ in unread]).tolist()
+        bad = [step for (step, _, _), (_, _, skipped) in zip(unread, values) if skipped]
+        if bad:
+            raise NonFiniteLoss(f"the training loss or gradients became NaN/inf at step(s) {bad}; those updates were "
+                                f"skipped, so the weights hold no NaN/inf. The last good checkpoint is in "
+                                f"{run_dir / 'checkpoints'}. Lower the learning rates or raise warmup_ratio, then --resume.")
+        elapsed = time.perf_counter() - window["start"]
+        for (step, _, host), (loss, grad_norm, _) in zip(unread, values):
+            state.record(M.TRAIN_LOSS, step, loss)
+            if dist.is_main:
+                tracker.log_metrics({M.TRAIN_LOSS: loss, M.GRAD_NORM: grad_norm, **host}, step)
+        step_metrics = {M.SAMPLES_PER_S: window["samples"] * dist.world_size / elapsed,
+                        M.TOKENS_PER_S: window["tokens"] * dist.world_size / elapsed,
+                        M.PADDING_FRACTION: 1 - window["tokens"] / max(1, window["slots"]),
+                        M.BLANK_IMAGE_FRACTION: 1 - window["images"] / max(1, window["image_slots"]),
+                        M.PEAK_MEMORY_MB: peak_memory_mb(device), M.DATA_SKIPPED: state.skipped}
+        loss = values[-1][0]
+        unread = []
+        window.update({key: 0 for key in window} | {"start": time.perf_counter()})
 
         # Validation, best model, checkpoint: on their intervals and always on the last step.
-        if last_step or state.step % tc.validation_steps == 0 or state.step % tc.eval_interval == 0:
+        if validate_now:
             set_train_mode(model, tc, False)
-            val_loss = validate(step_model, val_loader, device, autocast, dist)
+            val_loss = validate(step_model, val_batches(), device, autocast, dist)
             step_metrics[M.VAL_LOSS] = val_loss
             state.record(M.VAL_LOSS, state.step, val_loss)
             if (last_step or state.step % tc.eval_interval == 0) and val_loss < state.best_val_loss:
@@ -174,14 +222,14 @@ def train(model: Any, train_set: Any, val_set: Any, cfg: ExperimentConfig, track
             tracker.log_metrics(step_metrics, state.step)
         if M.VAL_LOSS in step_metrics and on_validation is not None:
             on_validation(state.step, step_metrics[M.VAL_LOSS])
-        if last_step or state.step % tc.save_checkpoint_steps == 0:
+        if save_now:
+            state.positions = dist.all_gather_object(state.samples_seen)
             if dist.is_main:
                 # metrics first: whatever a checkpoint covers is already in MLflow if we are killed after it
                 tracker.flush()
                 save_training_checkpoint(run_dir, model, optimizer, state, keep=tc.keep_checkpoints)
             dist.barrier()
-        progress.update(1)
-        progress.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lrs.get('projector', 0):.2e}",
+        progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lrs.get('projector', 0):.2e}",
                              samples_s=f"{step_metrics[M.SAMPLES_PER_S]:.1f}")
     progress.close()
     if math.isinf(state.best_val_loss):

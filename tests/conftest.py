@@ -40,3 +40,21 @@ def tiny_vlm(vision: str = "siglip", language: str = "smollm", **fields):
     torch.manual_seed(0)
     model = build_vlm(ModelConfig(vision_encoder=vision, language_model=language, tiny=True, image_tokens=16, **fields))
     return model.eval()
+
+
+def model_batch(model, samples, rows: int = 0, width: int = 0, packing: bool = True):
+    """Samples ({input_ids, labels, pixel_values}) -> the model's keyword inputs, as training collates them.
+
+    Packed first-fit into `rows` rows of `width` tokens (default: one row per sample, or as few as
+    needed when packing, of the longest sample's length).
+    """
+    from nanovlm.data.packing import collate_rows, model_inputs, pack
+
+    import torch
+
+    width = width or max(len(s["input_ids"]) for s in samples)
+    rows = rows or len(samples)
+    (grouped, consumed, _), = list(pack(samples, rows, width, packing))
+    assert consumed == len(samples), "the samples do not fit the rows"
+    batch = collate_rows(grouped, width, model.tokenizer.pad_token_id, model.image_token_id, model.arch.image_tokens)
+    return model_inputs(batch, torch.device("cpu"))

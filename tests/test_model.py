@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import tiny_vlm
+from conftest import model_batch, tiny_vlm
 from nanovlm.config import ModelConfig
 from nanovlm.data.processors import IGNORE_INDEX, encode_conversation, encode_prompt
 from nanovlm.model.projector import pixel_shuffle
@@ -29,6 +29,12 @@ def _sample(model, question="What colour is the shape?", answer="red", colour=(2
     return torch.tensor([ids]), torch.tensor([labels]), pixels
 
 
+def _loss(model, ids, labels, pixels):
+    """The training loss of one-sample rows."""
+    samples = [{"input_ids": i, "labels": l, "pixel_values": p[None]} for i, l, p in zip(ids, labels, pixels)]
+    return model(**model_batch(model, samples))
+
+
 def _prompts(model, questions, colours):
     """Left-padded batch of single-image prompts."""
     rows = [encode_prompt(model.tokenizer, q, model.image_placeholder) for q in questions]
@@ -46,7 +52,7 @@ def test_every_family_combination_trains(vision, language):
     torch.manual_seed(0)
     model = build_vlm(ModelConfig(vision_encoder=vision, language_model=language, tiny=True, image_tokens=16)).train()
     ids, labels, pixels = _sample(model)
-    loss = model(ids, torch.ones_like(ids), pixels, labels)
+    loss = _loss(model, ids, labels, pixels)
     assert math.isfinite(loss.item()) and loss.item() > 0
     loss.backward()
     for part in (model.vision, model.projector, model.lm):
@@ -56,7 +62,7 @@ def test_every_family_combination_trains(vision, language):
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(15):
         opt.zero_grad()
-        step_loss = model(ids, torch.ones_like(ids), pixels, labels)
+        step_loss = _loss(model, ids, labels, pixels)
         step_loss.backward()
         opt.step()
     assert step_loss.item() < loss.item() * 0.5
@@ -102,7 +108,7 @@ def test_image_count_mismatch_is_an_error():
     model = tiny_vlm()
     ids, labels, pixels = _sample(model)
     with pytest.raises(ValueError, match="image-token slots"):
-        model(ids, torch.ones_like(ids), torch.cat([pixels, pixels]), labels)
+        model.embed(ids, torch.cat([pixels, pixels]))
 
 
 def test_loss_covers_answer_tokens_only():
@@ -114,7 +120,7 @@ def test_loss_covers_answer_tokens_only():
     logits = model.logits(ids, torch.ones_like(ids), pixels)[0, :-1]
     targets = labels[0, 1:]
     manual = torch.nn.functional.cross_entropy(logits[targets != -100], targets[targets != -100])
-    torch.testing.assert_close(model(ids, torch.ones_like(ids), pixels, labels), manual)
+    torch.testing.assert_close(_loss(model, ids, labels, pixels), manual)
 
 
 @pytest.mark.parametrize("language", ["smollm", "gemma"])
@@ -138,7 +144,7 @@ def test_generation_stops_at_end_of_turn():
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     for _ in range(40):  # memorise one answer, including its end-of-turn token
         opt.zero_grad()
-        model(ids, torch.ones_like(ids), pixels, labels).backward()
+        _loss(model, ids, labels, pixels).backward()
         opt.step()
     model.eval()
     p_ids, p_mask, p_pixels = _prompts(model, ["What colour is the shape?"], [(220, 30, 30)])

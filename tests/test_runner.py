@@ -135,7 +135,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
         return loss * float("nan") if self.training and calls["n"] > 3 else loss
 
     monkeypatch.setattr(VLM, "forward", poisoned)
-    with pytest.raises(NonFiniteLoss, match="at step 4.*checkpoints"):
+    with pytest.raises(NonFiniteLoss, match=r"at step\(s\) \[4\].*checkpoints"):
         run_experiment(_cfg(tmp_path, run_name="nan"), tracking_uri=_uri(tmp_path))
     good = latest_checkpoint(tmp_path / "runs" / "nan")
     assert good.name == "step-000002"
@@ -198,7 +198,8 @@ def test_torchrun_two_processes_train_one_run(tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("nanovlm").experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # only rank 0 logs
     state = read_trainer_state(latest_checkpoint(tmp_path / "runs" / "ddp"))
-    assert state.step == 4 and state.samples_seen == 16  # per rank: 4 steps x batch 4
+    # per rank: 4 steps x 4 rows x 4 packed tiny samples; every rank's position is in the checkpoint
+    assert state.step == 4 and state.samples_seen == 64 and state.positions == [64, 64]
     assert len(state.history[M.TRAIN_LOSS]) == 4
 
 
@@ -209,5 +210,5 @@ def test_streamed_local_parquet_trains(tmp_path):
     cfg = _cfg(tmp_path, dataset=str(tmp_path / "train.parquet"), streaming=True, max_steps=3, train_samples=0)
     result = run_experiment(cfg, tracking_uri=_uri(tmp_path))
     state = read_trainer_state(result.checkpoint)
-    assert state.step == 3 and state.samples_seen == 12
+    assert state.step == 3 and state.samples_seen == 3 * 16  # 4 rows of 4 packed samples per step
     assert M.eval_name("synthetic", "colour") not in result.metrics  # the blind control is for synthetic data

@@ -1,7 +1,7 @@
 """The vision-language model: vision encoder -> pixel-shuffle projector -> causal LM.
 
     model = build_vlm(ModelConfig(tiny=True))                 # backbones through transformers
-    loss = model(input_ids, attention_mask, images, labels)  # cross-entropy on answer tokens only
+    loss = model(**model_inputs(collate_rows(rows, ...), device))  # cross-entropy on answer tokens only
     new_tokens = model.generate(input_ids, attention_mask, images, max_new_tokens=8)
     model.save_pretrained("ckpt"); VisionLanguageModel.from_pretrained("ckpt")
 
@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nanovlm import backbones
 from nanovlm.config import ConfigError, ModelConfig, diff, from_dict, to_dict
 from nanovlm.data.processors import ImageTransform, load_tokenizer, prepare_tokenizer, stop_token_ids
 from nanovlm.files import atomic_directory, read_json, write_json
+from nanovlm.model.attention import packed_attention_mask
+from nanovlm.model.loss import linear_cross_entropy
 from nanovlm.model.projector import ModalityProjector
 from nanovlm.model.vision import VisionEncoder
 
@@ -120,50 +121,67 @@ class VisionLanguageModel(nn.Module):
         # Gemma 3 multiplies token embeddings by sqrt(hidden) inside its embedding layer; image
         # features replace embeddings after that layer, so they get the same factor.
         self.embed_scale = float(getattr(lm.get_input_embeddings(), "scalar_embed_scale", 1.0))
+        self.logit_softcap = getattr(lm.config, "final_logit_softcapping", None)
+        self.loss_backend = "auto"  # see nanovlm.model.loss.BACKENDS
 
     # ---------------------------------------------------------------- forward
 
-    def embed(self, input_ids: torch.Tensor, images: torch.Tensor | None) -> torch.Tensor:
-        """(B, T) ids + (N, 3, H, W) images -> (B, T, D) LM input embeddings, images in place."""
+    def embed(self, input_ids: torch.Tensor, images: torch.Tensor | None,
+              image_slots: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) ids + (N, 3, H, W) images -> (B, T, D) LM input embeddings, image features in their slots.
+
+        `image_slots` (B, T) gives each image-token position the index of its feature in the flattened
+        (N * image_tokens, D) features, -1 on text. The training collator computes it on the CPU, so this
+        is a gather with static shapes and no host sync; blank padding images are simply never gathered.
+        Without it (prompts at evaluation) the slots are derived here, and their count is checked.
+        """
         embeds = self.lm.get_input_embeddings()(input_ids)
-        is_image = input_ids == self.image_token_id  # (B, T)
+        if images is None or images.shape[0] == 0:
+            return embeds
+        if image_slots is None:
+            image_slots = self._image_slots(input_ids, images.shape[0])
+        features = self.projector(self.vision(images.to(embeds.dtype)))  # (N, tokens, D)
+        features = (features * self.embed_scale).to(embeds.dtype).flatten(0, 1)  # (N * tokens, D)
+        is_image = (image_slots >= 0).unsqueeze(-1)  # (B, T, 1)
+        return torch.where(is_image, features[image_slots.clamp(min=0)], embeds)
+
+    def _image_slots(self, input_ids: torch.Tensor, n_images: int) -> torch.Tensor:
+        """Slots in row-major order (sample by sample, image by image), checked against the images."""
+        is_image = input_ids == self.image_token_id
         n_slots = int(is_image.sum())
-        n_images = 0 if images is None else images.shape[0]
         if n_slots != n_images * self.arch.image_tokens:
             raise ValueError(f"{n_slots} image-token slots in the batch but {n_images} images x "
                              f"{self.arch.image_tokens} tokens each")
-        if n_images:
-            features = self.projector(self.vision(images.to(embeds.dtype)))  # (N, tokens, D)
-            features = features * self.embed_scale
-            # masked_scatter fills slots in row-major order: sample by sample, image by image.
-            embeds = embeds.masked_scatter(is_image.unsqueeze(-1), features.to(embeds.dtype))
-        return embeds
+        order = is_image.flatten().cumsum(0).view_as(input_ids) - 1
+        return torch.where(is_image, order, -1)
 
-    def _hidden(self, input_ids, attention_mask, images) -> torch.Tensor:
-        # Positions count real tokens only, so left- and right-padded rows get the same positions.
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, sequence_ids: torch.Tensor,
+                images: torch.Tensor | None, image_slots: torch.Tensor, loss_positions: torch.Tensor,
+                loss_targets: torch.Tensor) -> torch.Tensor:
+        """Mean next-token cross-entropy over the answer tokens of a batch of (packed) rows.
+
+        Inputs as `nanovlm.data.packing.collate_rows` makes them: rows of one or more samples, each
+        with its own positions and attention (`sequence_ids`), and the loss positions worked out on
+        the CPU. Static shapes and no host syncs, so it compiles without graph breaks.
+        """
+        embeds = self.embed(input_ids, images, image_slots)  # (B, T, D)
+        mask = packed_attention_mask(self.lm.config, sequence_ids, embeds.dtype)
+        hidden = self.lm.get_decoder()(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids,
+                                       use_cache=False).last_hidden_state  # (B, T, D)
+        # The LM head only runs where there is a target, and in chunks: with 262k-token
+        # vocabularies, (B, T, V) logits would dominate memory.
+        hidden = hidden.flatten(0, 1)[loss_positions]  # (A, D)
+        head = self.lm.get_output_embeddings().weight  # (V, D), often tied to the input embedding
+        return linear_cross_entropy(hidden, head, loss_targets, softcap=self.logit_softcap, backend=self.loss_backend)
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, images: torch.Tensor | None) -> torch.Tensor:
+        """(B, T, V) next-token logits of padded prompts, as transformers computes them (tests, export checks)."""
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        out = self.lm.get_decoder()(inputs_embeds=self.embed(input_ids, images), attention_mask=attention_mask,
-                                    position_ids=position_ids, use_cache=False)
-        return out.last_hidden_state  # (B, T, D)
-
-    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
+        hidden = self.lm.get_decoder()(inputs_embeds=self.embed(input_ids, images), attention_mask=attention_mask,
+                                       position_ids=position_ids, use_cache=False).last_hidden_state
         logits = self.lm.get_output_embeddings()(hidden)
-        cap = getattr(self.lm.config, "final_logit_softcapping", None)
+        cap = self.logit_softcap
         return torch.tanh(logits / cap) * cap if cap else logits
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, images: torch.Tensor | None,
-                labels: torch.Tensor) -> torch.Tensor:
-        """Mean next-token cross-entropy over the answer tokens (labels != -100)."""
-        hidden = self._hidden(input_ids, attention_mask, images)
-        targets = labels[:, 1:]  # position t predicts token t + 1
-        mask = targets != -100
-        # The LM head only runs where there is a target: with 262k-token vocabularies, full
-        # (B, T, V) logits would dominate memory.
-        logits = self._head(hidden[:, :-1][mask])  # (n_answer_tokens, V)
-        return F.cross_entropy(logits.float(), targets[mask])
-
-    def logits(self, input_ids, attention_mask, images) -> torch.Tensor:
-        return self._head(self._hidden(input_ids, attention_mask, images))  # (B, T, V)
 
     @torch.inference_mode()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, images: torch.Tensor | None,

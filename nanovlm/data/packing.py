@@ -1,0 +1,150 @@
+"""Training batches: samples packed first-fit into rows of a fixed length, as static-shape model inputs.
+
+    for rows, consumed, skipped in pack(samples, rows=4, row_length=2048):   # samples: dicts or None
+        batch = collate_rows(rows, row_length, pad_id, image_token_id, image_tokens)
+        loss = model(**model_inputs(batch, device))
+
+`pack` reads processed samples in order and places each in the first of the batch's rows with
+room for it; when one fits in none, the batch is emitted and that sample starts the next one. A
+batch therefore covers a contiguous stretch of the (shuffled, resumable) sample order, and the
+data position after it is just "samples consumed so far": a resumed run re-reads from there and
+builds the same batches. With `packing=False` every row holds one sample.
+
+`collate_rows` turns rows into the model's inputs; everything shape- or count-dependent is worked
+out here on the CPU, so the training step never reads a device value back (no host syncs):
+
+    input_ids     (R, W)   token ids, padded with pad_id
+    position_ids  (R, W)   0, 1, 2, ... restarting at every sample (and for the padding tail)
+    sequence_ids  (R, W)   which sample of the row a token belongs to: attention stays inside it
+    images        (N, 3, H, W)  the images in slot order, then blank ones up to a bucket size
+    image_slots   (R, W)   index into the flattened (N * image_tokens) image features, -1 on text
+    loss_positions (A,)    flat index r * W + t of every position whose next token has a loss ...
+    loss_targets  (A,)     ... and that token; padded to a bucket size with IGNORE_INDEX
+
+N and A are rounded up to `bucket` sizes so that a compiled model sees a handful of shapes, not a
+new one every step; the blank images and ignored targets are counted in `stats` so the waste is
+visible as metrics.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Iterator
+
+import torch
+
+from nanovlm.data.processors import IGNORE_INDEX
+
+MODEL_INPUTS = ("input_ids", "position_ids", "sequence_ids", "images", "image_slots", "loss_positions", "loss_targets")
+_EMPTY = object()  # no sample waiting to be placed
+
+
+def bucket(n: int) -> int:
+    """The smallest m x 2^k >= n with m in 4..7: at most 25% padding, four shapes per doubling."""
+    size = 4
+    while True:
+        for m in (4, 5, 6, 7):
+            if m * size // 4 >= n:
+                return m * size // 4
+        size *= 2
+
+
+def pack(samples: Iterable[dict[str, torch.Tensor] | None], rows: int, row_length: int,
+         packing: bool = True) -> Iterator[tuple[list[list[dict[str, torch.Tensor]]], int, int]]:
+    """Group samples into batches of `rows` rows -> (rows, samples consumed, of which skipped).
+
+    A None sample (unreadable, too long) is consumed and counted as skipped; after `rows` of them in a
+    row with nothing placed, an empty batch is yielded. Ends when the samples end (the last batch may
+    have empty rows).
+    """
+    source = iter(samples)
+    waiting: Any = _EMPTY
+    while True:
+        batch: list[list[dict[str, torch.Tensor]]] = [[] for _ in range(rows)]
+        free = [row_length] * rows
+        consumed = skipped = 0
+        exhausted = False
+        while True:
+            if waiting is _EMPTY:
+                try:
+                    waiting = next(source)
+                except StopIteration:
+                    exhausted = True
+                    break
+            if waiting is None:
+                consumed, skipped, waiting = consumed + 1, skipped + 1, _EMPTY
+                if skipped >= rows and not any(batch):
+                    break  # an empty batch: lets the caller judge the skip rate instead of reading on forever
+                continue
+            n = len(waiting["input_ids"])
+            if n > row_length:
+                raise ValueError(f"a sample of {n} tokens cannot fit a row of {row_length}")
+            row = next((r for r in range(rows) if free[r] >= n and (packing or not batch[r])), None)
+            if row is None:
+                break  # the batch is full; `waiting` starts the next one
+            batch[row].append(waiting)
+            free[row] -= n
+            consumed, waiting = consumed + 1, _EMPTY
+        if consumed:
+            yield batch, consumed, skipped
+        if exhausted:
+            return
+
+
+def collate_rows(rows: list[list[dict[str, torch.Tensor]]], width: int, pad_id: int, image_token_id: int,
+                 image_tokens: int) -> dict[str, Any]:
+    """Rows of samples -> the model's inputs (see the module docstring) plus `stats` (CPU ints)."""
+    n_rows = len(rows)
+    input_ids = torch.full((n_rows, width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((n_rows, width), dtype=torch.long)
+    sequence_ids = torch.zeros((n_rows, width), dtype=torch.long)
+    image_slots = torch.full((n_rows, width), -1, dtype=torch.long)
+    images: list[torch.Tensor] = []
+    positions: list[torch.Tensor] = []
+    targets: list[torch.Tensor] = []
+    n_images = n_tokens = 0
+    for r, row in enumerate(rows):
+        offset = 0
+        for j, sample in enumerate(row):
+            ids, labels, pixels = sample["input_ids"], sample["labels"], sample["pixel_values"]
+            n = len(ids)
+            cols = slice(offset, offset + n)
+            input_ids[r, cols] = ids
+            position_ids[r, cols] = torch.arange(n)
+            sequence_ids[r, cols] = j
+            slots = (ids == image_token_id).nonzero().squeeze(1)
+            if len(slots) != len(pixels) * image_tokens:  # the processor guarantees this
+                raise ValueError(f"a sample has {len(slots)} image-token slots for {len(pixels)} images x "
+                                 f"{image_tokens} tokens")
+            image_slots[r, offset + slots] = torch.arange(len(slots)) + n_images * image_tokens
+            images.append(pixels)
+            n_images += len(pixels)
+            # position t predicts token t + 1: a loss wherever the next token's label is not ignored
+            has_loss = (labels[1:] != IGNORE_INDEX).nonzero().squeeze(1)
+            positions.append(r * width + offset + has_loss)
+            targets.append(labels[1:][has_loss])
+            offset += n
+        # the padding tail is a sample of its own: positions restart, nothing attends into it
+        position_ids[r, offset:] = torch.arange(width - offset)
+        sequence_ids[r, offset:] = len(row)
+        n_tokens += offset
+    pixels = torch.cat(images) if images else torch.zeros(0)
+    n_loss = sum(len(t) for t in targets)
+    a_pad, n_pad = bucket(n_loss), bucket(n_images)
+    loss_positions = torch.zeros(a_pad, dtype=torch.long)  # padding points at position 0 with an ignored target
+    loss_targets = torch.full((a_pad,), IGNORE_INDEX, dtype=torch.long)
+    if n_loss:
+        loss_positions[:n_loss] = torch.cat(positions)
+        loss_targets[:n_loss] = torch.cat(targets)
+    if n_pad > n_images and n_images:  # blank images have no slots: they cost vision compute only
+        pixels = torch.cat([pixels, pixels.new_zeros((n_pad - n_images, *pixels.shape[1:]))])
+    samples = sum(len(row) for row in rows)
+    stats = {"samples": samples, "tokens": n_tokens, "slots": n_rows * width, "loss_tokens": n_loss,
+             "loss_slots": a_pad, "images": n_images, "image_slots": n_pad if n_images else 0}
+    return {"input_ids": input_ids, "position_ids": position_ids, "sequence_ids": sequence_ids, "images": pixels,
+            "image_slots": image_slots, "loss_positions": loss_positions, "loss_targets": loss_targets,
+            "stats": stats}
+
+
+def model_inputs(batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
+    """The tensors the model takes, on `device` (asynchronously from pinned memory on CUDA)."""
+    return {k: batch[k].to(device, non_blocking=True) for k in MODEL_INPUTS}

@@ -1,0 +1,127 @@
+"""One optimizer step, shared by the training loop (`nanovlm.train`) and the profiler (`reports.measure`).
+
+    step_model = prepare(model, tc, device, dist)          # fused kernels, per-block compile, DDP
+    out = train_step(step_model, model, optimizer, micro_batches, autocast_for(device), tc.max_grad_norm, dist)
+    loss, grad_norm, skipped = out.tolist()                # the only host read: do it once per log interval
+
+The step never reads a device value on the host: the loss and gradient norm stay on the device,
+and a non-finite step is skipped by the fused AdamW kernel itself (`found_inf`, the mechanism
+torch's GradScaler uses), so the weights are never updated with a NaN/inf and the CPU does not wait
+for the GPU. The caller finds out at its next read and stops the run.
+
+Compilation is per transformer block (every layer of the vision encoder and of the LM, each with
+`Module.compile`): the blocks of a stack share one compiled graph, so compile time stays short,
+and the glue between them (embedding, masks, loss) runs eagerly without graph breaks to worry about.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from nanovlm.config import ConfigError, TrainConfig
+from nanovlm.distributed import Dist
+
+log = logging.getLogger(__name__)
+
+
+def autocast_for(device: torch.device) -> Any:
+    """bf16 autocast on CUDA; fp32 on CPU (bf16 matmuls are slow on most CPUs)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def compile_enabled(tc: TrainConfig, device: torch.device) -> bool:
+    if tc.compile not in ("auto", "true", "false"):
+        raise ConfigError(f"compile: expected auto, true or false, got {tc.compile!r}")
+    return tc.compile == "true" or (tc.compile == "auto" and device.type == "cuda")
+
+
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    """The repeated blocks: children of every ModuleList whose members are all of one class."""
+    blocks = []
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) and len({type(m) for m in module}) == 1:
+            blocks += [m for m in module if any(True for _ in m.parameters())]
+    return blocks
+
+
+def compile_blocks(model: nn.Module, **options: Any) -> int:
+    """Compile every transformer block in place (static shapes); returns how many."""
+    blocks = transformer_blocks(model)
+    for block in blocks:
+        block.compile(dynamic=False, **options)
+    return len(blocks)
+
+
+def apply_fused_kernels(model: nn.Module, device: torch.device) -> list[str]:
+    """Liger-Kernel's fused RMSNorm / SwiGLU or GeGLU / RoPE for the LM, when installed (pip install -e '.[gpu]').
+
+    CUDA only (Triton kernels). Returns what was applied; anything that fails to apply is logged and
+    left as it was, since these only change speed.
+    """
+    if device.type != "cuda":
+        return []
+    try:
+        import liger_kernel.transformers as liger
+    except ImportError:
+        return []
+    lm, family = model.lm, model.lm.config.model_type
+    patches = {"llama": lambda: liger.apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True,
+                                                                   cross_entropy=False, fused_linear_cross_entropy=False,
+                                                                   model=lm),
+               "gemma3_text": lambda: liger.apply_liger_kernel_to_gemma3_text(rope=True, rms_norm=True, geglu=True,
+                                                                              cross_entropy=False,
+                                                                              fused_linear_cross_entropy=False,
+                                                                              model=lm)}
+    if family not in patches:
+        return []
+    try:
+        patches[family]()
+    except Exception as err:  # noqa: BLE001 - an optional speed-up must never stop a run
+        log.warning("liger-kernel could not patch %s (%s); using the plain modules", family, err)
+        return []
+    return [f"liger:{family}"]
+
+
+def prepare(model: nn.Module, tc: TrainConfig, device: torch.device, dist: Dist = Dist()) -> nn.Module:
+    """The module the step calls: fused kernels and compiled blocks applied to `model` in place, DDP around it."""
+    applied = apply_fused_kernels(model, device)
+    if compile_enabled(tc, device):
+        applied.append(f"compiled {compile_blocks(model)} blocks")
+    if applied:
+        log.info("training step: %s", ", ".join(applied))
+    if dist.enabled:
+        return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return model
+
+
+def train_step(step_model: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer,
+               micro_batches: list[dict[str, torch.Tensor]], autocast: Any, max_grad_norm: float,
+               dist: Dist = Dist()) -> torch.Tensor:
+    """Forward/backward over the micro-batches, clip, AdamW -> (3,) device tensor [loss, grad_norm, skipped].
+
+    `loss` is the mean over micro-batches (and ranks) of each micro-batch's mean answer-token loss;
+    `skipped` is 1.0 when the loss or the gradient norm was not finite and the update was skipped.
+    """
+    n = len(micro_batches)
+    loss_sum = torch.zeros((), device=next(model.parameters()).device)
+    for i, inputs in enumerate(micro_batches):
+        # DDP all-reduces gradients on the last micro-step only
+        sync = i == n - 1 or not dist.enabled
+        with (contextlib.nullcontext() if sync else step_model.no_sync()), autocast:
+            loss = step_model(**inputs) / n
+        loss.backward()
+        loss_sum += loss.detach()
+    loss_sum = dist.all_reduce_sum(loss_sum) / dist.world_size
+    grad_norm = nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm or float("inf"))
+    # Gradients are all-reduced, so every rank sees the same norm and skips the same steps.
+    skipped = (~torch.isfinite(loss_sum) | ~torch.isfinite(grad_norm)).float()
+    optimizer.found_inf = skipped  # read by the fused AdamW kernel: no update when 1
+    optimizer.grad_scale = None
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return torch.stack([loss_sum, grad_norm.to(loss_sum.dtype), skipped])
