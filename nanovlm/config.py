@@ -66,6 +66,9 @@ class TrainConfig:
     keep_checkpoints: int = _f(2, "resumable checkpoints to keep (plus the best)")
     compile: str = _f("auto", "torch.compile each transformer block: auto (on CUDA), true or false",
                       choices=("auto", "true", "false"))
+    attention: str = _f("auto", "attention kernel of the LM while training: auto (flex_attention on CUDA: packed rows "
+                                "without a T x T mask; sdpa on CPU), sdpa, flex_attention or eager",
+                        choices=("auto", "sdpa", "flex_attention", "eager"))
     log_interval: int = _f(10, "read the step's numbers back from the device and log them every N steps")
     seed: int = _f(0, "random seed (weights of new parts, data order)")
     device: str = _f("auto", "auto, cpu or cuda")

@@ -52,6 +52,10 @@ def transformer_blocks(model: nn.Module) -> list[nn.Module]:
 def compile_blocks(model: nn.Module, **options: Any) -> int:
     """Compile every transformer block in place (static shapes); returns how many."""
     blocks = transformer_blocks(model)
+    # transformers wraps every layer's forward in one function, so the vision and LM blocks share
+    # dynamo's per-function limit on compiled variants (8): the LM's one shape plus the vision
+    # encoder's image buckets can exceed it, and dynamo would silently fall back to eager.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
     for block in blocks:
         block.compile(dynamic=False, **options)
     return len(blocks)
@@ -87,8 +91,17 @@ def apply_fused_kernels(model: nn.Module, device: torch.device) -> list[str]:
     return [f"liger:{family}"]
 
 
+def attention_for(tc: TrainConfig, device: torch.device) -> str:
+    """The LM's attention kernel while training: FlexAttention on CUDA takes packed rows as block masks."""
+    if tc.attention != "auto":
+        return tc.attention
+    return "flex_attention" if device.type == "cuda" else "sdpa"
+
+
 def prepare(model: nn.Module, tc: TrainConfig, device: torch.device, dist: Dist = Dist()) -> nn.Module:
-    """The module the step calls: fused kernels and compiled blocks applied to `model` in place, DDP around it."""
+    """The module the step calls: attention kernel, fused kernels and compiled blocks applied to `model` in
+    place, DDP around it. `model.lm.set_attn_implementation(...)` switches the kernel back (generation does)."""
+    model.lm.set_attn_implementation(attention_for(tc, device))
     applied = apply_fused_kernels(model, device)
     if compile_enabled(tc, device):
         applied.append(f"compiled {compile_blocks(model)} blocks")

@@ -137,7 +137,8 @@ def train(model: Any, train_set: Any, val_set: Any, cfg: ExperimentConfig, track
             raise ConfigError(f"{resume_from} was written by {len(state.positions)} processes; resume it with as many "
                               f"(torchrun --nproc_per_node {len(state.positions)}) to continue the same data order")
         state.samples_seen = state.positions[dist.rank] if state.positions else state.samples_seen
-    step_model = prepare(model, tc, device, dist)  # fused kernels, compiled blocks, DDP
+    inference_attention = model.lm.config._attn_implementation  # restored for evaluation after training
+    step_model = prepare(model, tc, device, dist)  # attention kernel, fused kernels, compiled blocks, DDP
     autocast = autocast_for(device)
 
     # Data: each rank reads its own shard, from where the checkpoint stopped.
@@ -232,6 +233,7 @@ def train(model: Any, train_set: Any, val_set: Any, cfg: ExperimentConfig, track
         progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lrs.get('projector', 0):.2e}",
                              samples_s=f"{step_metrics[M.SAMPLES_PER_S]:.1f}")
     progress.close()
+    model.lm.set_attn_implementation(inference_attention)
     if math.isinf(state.best_val_loss):
         state.best_val_loss = float("nan")
     return state

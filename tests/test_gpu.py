@@ -1,5 +1,6 @@
-"""CUDA paths: bf16 autocast, fused AdamW, torch.compile and peak memory. Skipped (with a reason)
-on machines without a GPU; run on one with `python -m pytest -q -m gpu tests/test_gpu.py`."""
+"""CUDA paths: the packed, compiled, sync-free training step with bf16 autocast, FlexAttention and the
+fused loss; real-size memory. Skipped (with a reason) on machines without a GPU; run on one with
+`python -m pytest -q -m gpu tests/test_gpu.py tests/test_loss.py`."""
 
 from __future__ import annotations
 
@@ -8,42 +9,117 @@ import math
 import pytest
 import torch
 
+from conftest import model_batch
 from experiments.presets import get_preset
 from experiments.runner import run_experiment
 from nanovlm import metrics as M
-from nanovlm.config import override
+from nanovlm.config import TrainConfig, override
+from nanovlm.data.packing import collate_rows, model_inputs, pack
+from nanovlm.optim import build_optimizer
+from nanovlm.step import autocast_for, prepare, train_step
 
 pytestmark = pytest.mark.gpu
+CUDA = torch.device("cuda")
 
 
-def test_tiny_run_on_cuda_with_bf16_fused_adamw_and_compile(tmp_path):
+def test_tiny_run_on_cuda_packed_compiled_and_flex(tmp_path):
     cfg = override(get_preset("tiny"), {"max_steps": 20, "validation_steps": 10, "eval_interval": 10,
                                         "save_checkpoint_steps": 10, "train_samples": 400, "val_samples": 32,
-                                        "compile": True, "device": "cuda", "output_dir": str(tmp_path)})
+                                        "device": "cuda", "output_dir": str(tmp_path)})  # compile/attention: auto
     result = run_experiment(cfg, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     assert math.isfinite(result.metrics[M.VAL_LOSS])
     assert result.metrics[M.TRAIN_LOSS] < 6.0
 
 
-def test_real_size_step_fits_and_reports_memory(tmp_path):
-    from nanovlm.model.vlm import build_vlm
-    from nanovlm.optim import apply_freezing, build_optimizer
+def _model(language: str):
+    from test_step import _fresh
 
-    cfg = override(get_preset("dinov3_gemma"), {"random_init": True, "batch_size": 1})
-    model = build_vlm(cfg.model).cuda().train()
+    return _fresh(language).to(CUDA)
+
+
+@pytest.mark.parametrize("language", ["smollm", "gemma"])
+def test_packed_flex_rows_match_one_by_one_on_cuda(language):
+    from test_packing import _samples
+
+    model = _model(language)
+    model.lm.set_attn_implementation("flex_attention")
+    long_question = "Please look very carefully at the picture and describe the colour " * 3
+    samples = _samples(model.cpu(), [long_question, "What colour?", "Where?"], ["red", "blue", "top"])
+    model.to(CUDA)
+    to_cuda = lambda b: {k: v.to(CUDA) for k, v in b.items()}  # noqa: E731
+    packed = to_cuda(model_batch(model, samples, rows=1, width=sum(len(s["input_ids"]) for s in samples)))
+    counts = [int((s["labels"][1:] != -100).sum()) for s in samples]
+    alone = sum(model(**to_cuda(model_batch(model, [s]))) * c for s, c in zip(samples, counts)) / sum(counts)
+    torch.testing.assert_close(model(**packed), alone, rtol=1e-4, atol=1e-4)
+
+
+def _batches(model, n_steps: int, seed: int):
+    from test_step import _stream
+
+    grouped = pack(_stream(model, seed, 40 * n_steps, 256), 4, 256)
+    for rows, _, _ in list(grouped)[:n_steps]:
+        batch = collate_rows(rows, 256, model.tokenizer.pad_token_id, model.image_token_id, model.arch.image_tokens)
+        yield {k: v.pin_memory() if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+@pytest.mark.parametrize("language", ["smollm", "gemma"])
+def test_compiled_step_is_sync_free_and_does_not_recompile(language):
+    torch._dynamo.reset()
+    model = _model(language)
+    tc = TrainConfig(compile="true", attention="flex_attention")
+    optimizer = build_optimizer(model, tc)
+    model.loss_backend = "chunked"  # liger-kernel's fused loss reads its target count with .item()
+    step_model = prepare(model, tc, CUDA)
+    warm = list(_batches(model, 6, seed=1))
+    for batch in warm:
+        train_step(step_model, model, optimizer, [model_inputs(batch, CUDA)], autocast_for(CUDA), 1.0)
+    torch.cuda.synchronize()
+    torch._dynamo.config.error_on_recompile = True
+    torch.cuda.set_sync_debug_mode("error")  # any device->host sync in the step raises
+    try:
+        outs = [train_step(step_model, model, optimizer, [model_inputs(b, CUDA)], autocast_for(CUDA), 1.0)
+                for b in warm[::-1]]  # the same bucket shapes, other data order
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+        torch._dynamo.config.error_on_recompile = False
+    values = torch.stack(outs).tolist()
+    assert all(math.isfinite(loss) and skipped == 0 for loss, _, skipped in values)
+
+
+def test_fused_loss_backend_matches_plain_in_a_step():
+    from nanovlm.model.loss import pick_backend
+
+    model = _model("gemma")
+    batch = model_inputs(next(_batches(model, 1, seed=3)), CUDA)
+    losses = {}
+    for backend in {"plain", "chunked", pick_backend(CUDA)}:
+        model.loss_backend = backend
+        model.zero_grad()
+        with autocast_for(CUDA):
+            loss = model(**batch)
+        loss.backward()
+        losses[backend] = (loss.detach(), model.projector.proj.weight.grad.clone())
+    for backend, (loss, grad) in losses.items():
+        torch.testing.assert_close(loss, losses["plain"][0], rtol=2e-2, atol=2e-2, msg=backend)
+        torch.testing.assert_close(grad, losses["plain"][1], rtol=5e-2, atol=1e-3, msg=backend)
+
+
+def test_real_size_step_fits_and_reports_memory():
+    from nanovlm.model.vlm import build_vlm
+    from nanovlm.optim import apply_freezing
+
+    cfg = override(get_preset("dinov3_gemma"), {"random_init": True})
+    model = build_vlm(cfg.model).to(CUDA).train()
     apply_freezing(model, cfg.train)
-    optimizer = build_optimizer(model, cfg.train, torch.device("cuda"))
-    assert optimizer.defaults.get("fused") or any(g.get("fused") for g in optimizer.param_groups)
+    optimizer = build_optimizer(model, cfg.train)
+    assert optimizer.defaults.get("fused")
     tokens = model.arch.image_tokens
-    ids = torch.tensor([[model.image_token_id] * tokens + [5, 6, 7, 8]], device="cuda")
-    labels = torch.full_like(ids, -100)
-    labels[0, -3:] = ids[0, -3:]
-    images = torch.randn(1, 3, model.arch.transform.size, model.arch.transform.size, device="cuda")
+    size = model.arch.transform.size
+    sample = {"input_ids": torch.tensor([model.image_token_id] * tokens + [5, 6, 7, 8]),
+              "labels": torch.tensor([-100] * (tokens + 1) + [6, 7, 8]), "pixel_values": torch.randn(1, 3, size, size)}
+    batch = model_inputs(collate_rows([[sample]], tokens + 4, 0, model.image_token_id, tokens), CUDA)
     torch.cuda.reset_peak_memory_stats()
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        loss = model(ids, torch.ones_like(ids), images, labels)
-    loss.backward()
-    optimizer.step()
+    loss, _, skipped = train_step(model, model, optimizer, [batch], autocast_for(CUDA), 1.0).tolist()
     peak_gb = torch.cuda.max_memory_allocated() / 2**30
-    print(f"dinov3_gemma batch 1 step: loss {loss.item():.3f}, peak {peak_gb:.2f} GiB")
-    assert math.isfinite(loss.item()) and peak_gb < 20
+    print(f"dinov3_gemma batch 1 step: loss {loss:.3f}, peak {peak_gb:.2f} GiB")
+    assert math.isfinite(loss) and skipped == 0 and peak_gb < 20

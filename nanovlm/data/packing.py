@@ -39,7 +39,9 @@ _EMPTY = object()  # no sample waiting to be placed
 
 
 def bucket(n: int) -> int:
-    """The smallest m x 2^k >= n with m in 4..7: at most 25% padding, four shapes per doubling."""
+    """n up to 4, else the smallest m x 2^k >= n with m in 4..7: at most 25% padding, four shapes per doubling."""
+    if n <= 4:
+        return max(n, 1)
     size = 4
     while True:
         for m in (4, 5, 6, 7):

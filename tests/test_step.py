@@ -1,0 +1,100 @@
+"""The training step: skips non-finite updates on the device, traces without graph breaks, and
+compiled blocks do not recompile once the batch shapes have been seen."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from conftest import model_batch, tiny_vlm
+from nanovlm.config import ModelConfig, TrainConfig
+from nanovlm.data.datasets import SampleProcessor
+from nanovlm.data.packing import collate_rows, model_inputs, pack
+from nanovlm.data.synthetic import generate
+from nanovlm.model.vlm import build_vlm
+from nanovlm.optim import build_optimizer
+from nanovlm.step import autocast_for, compile_blocks, train_step, transformer_blocks
+from test_packing import _samples
+
+CPU = autocast_for(torch.device("cpu"))  # no autocast: fp32
+
+
+def _fresh(language: str = "smollm"):
+    torch.manual_seed(0)
+    return build_vlm(ModelConfig(language_model=language, tiny=True, image_tokens=16)).train()
+
+
+def test_a_non_finite_step_leaves_weights_and_optimizer_untouched():
+    model = _fresh()
+    optimizer = build_optimizer(model, TrainConfig())
+    batch = model_batch(model, _samples(model, ["What colour?"], ["red"]))
+    out = train_step(model, model, optimizer, [batch], CPU, 1.0)
+    loss, grad_norm, skipped = out.tolist()
+    assert math.isfinite(loss) and grad_norm > 0 and skipped == 0
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    moments = [s["exp_avg"].clone() for s in optimizer.state.values()]
+
+    poisoned = {**batch, "images": batch["images"] * float("nan")}
+    loss, grad_norm, skipped = train_step(model, model, optimizer, [poisoned], CPU,
+                                          1.0).tolist()
+    assert math.isnan(loss) and skipped == 1
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "weights moved on a NaN step"
+    assert all(torch.equal(a, s["exp_avg"]) for a, s in zip(moments, optimizer.state.values()))
+    assert all(int(s["step"]) == 1 for s in optimizer.state.values())
+
+    train_step(model, model, optimizer, [batch], CPU, 1.0)  # finite again: updates
+    assert not all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("language", ["smollm", "gemma"])
+def test_the_forward_pass_has_no_graph_breaks(language):
+    model = tiny_vlm("siglip", language).train()
+    samples = _samples(model, ["What colour?", "Where is it?", "Shape?"], ["red", "top", "a square"])
+    explained = torch._dynamo.explain(model)(**model_batch(model, samples, rows=2, width=170))
+    assert explained.graph_break_count == 0, [str(b.reason) for b in explained.break_reasons]
+    assert explained.graph_count == 1
+
+
+def _stream(model, seed: int, n: int, row_length: int):
+    """Synthetic samples with answers of varying length, so rows hold a varying number of samples."""
+    records = generate(n, seed=seed, image_size=model.arch.transform.size)
+    g = torch.Generator().manual_seed(seed)
+    for r in records:
+        extra = " very" * int(torch.randint(0, 30, (1,), generator=g))
+        r["texts"] = [{**r["texts"][0], "assistant": r["texts"][0]["assistant"] + extra}]
+    process = SampleProcessor.for_model(model, row_length)
+    return (process(r) for r in records)
+
+
+def test_compiled_blocks_do_not_recompile_for_shapes_seen_before():
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    model = _fresh()
+    assert compile_blocks(model, backend="eager") == len(transformer_blocks(model)) > 0
+    optimizer = build_optimizer(model, TrainConfig())
+    row_length, rows = 256, 3
+
+    def batches(seed: int, n: int) -> list[dict]:
+        return [collate_rows(grouped, row_length, model.tokenizer.pad_token_id, model.image_token_id,
+                             model.arch.image_tokens)
+                for grouped, _, _ in pack(_stream(model, seed, n, row_length), rows, row_length)][:-1]  # endless in training
+
+    def run(batches: list[dict]) -> None:
+        for batch in batches:
+            train_step(model, model, optimizer, [model_inputs(batch, torch.device("cpu"))], CPU, 1.0)
+
+    warm_up, later = batches(seed=1, n=120), batches(seed=2, n=60)
+    shapes = lambda bs: {tuple(b["images"].shape) for b in bs}  # noqa: E731 - the only shape that varies
+    assert len(shapes(warm_up)) >= 2 and shapes(later) <= shapes(warm_up)  # a varying stream, buckets already seen
+    run(warm_up)  # compiles the vision block once per image bucket and the LM block once (fixed rows)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert graphs == 1 + len(shapes(warm_up))
+    torch._dynamo.config.error_on_recompile = True
+    try:
+        run(later)  # different samples, packed differently: no new compilation
+    finally:
+        torch._dynamo.config.error_on_recompile = False
+        torch._dynamo.reset()
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
