@@ -4,9 +4,13 @@ stay in `nanovlm.metrics`; these are the ones only `reports` uses).
     from reports import names as N
     tracker.log_metrics({N.IMAGE_TOKENS: 49, N.MFU: 0.31}, step=0)
 
-A profile logs the same `params/*`, `train/samples_per_s`, `train/tokens_per_s` and
-`train/peak_memory_mb` as a training run, so the table reads one name whichever kind of run a
-number came from; what only a profile measures gets a `profile/` name here.
+A profile logs the same `params/*`, `train/samples_per_s`, `train/tokens_per_s`,
+`train/padding_fraction` and `train/blank_image_fraction` as a training run (the same quantities,
+measured the same way), so one name means one thing whichever kind of run a number came from; what
+only a profile measures, or measures differently, gets a `profile/` name here. Peak memory is the
+second kind: a training run's `train/peak_memory_mb` is the process-lifetime peak (ru_maxrss on
+CPU, CUDA max allocated since the start), a profile's `profile/step_peak_memory_mb` the peak of
+the profiled steps alone (VmHWM / CUDA peak reset just before them).
 """
 
 from nanovlm import metrics as M
@@ -17,13 +21,20 @@ TRAINING_EXPERIMENT = "nanovlm"  # experiments.run's default experiment (Experim
 # (evals.mlflow_log.EXPERIMENT; reports does not import evals, a test checks the two agree).
 EVAL_EXPERIMENT = "nanovlm-evals"
 
-# Metrics of a profile run (besides M.PARAMS_PREFIX + part, M.SAMPLES_PER_S, M.TOKENS_PER_S, M.PEAK_MEMORY_MB).
+# Metrics of a profile run (besides M.PARAMS_PREFIX + part, M.SAMPLES_PER_S, M.TOKENS_PER_S, M.PADDING_FRACTION,
+# M.BLANK_IMAGE_FRACTION).
+# Peak memory over the profiled steps only (PEAK_MEMORY_MEASURE_TAG says how it was measured).
+STEP_PEAK_MEMORY_MB = "profile/step_peak_memory_mb"
+SAMPLES_PER_ROW = "profile/samples_per_row"  # 1 unpacked; seq_len // sample_len packed
 IMAGE_TOKENS = "profile/image_tokens"  # LM tokens per image, after the projector
 VISION_TOKENS = "profile/vision_tokens"  # tokens through the vision tower per image (patches + CLS/registers)
-STEP_TIME_S = "profile/step_time_s"  # median wall time of one optimizer step (all micro-steps)
-FORWARD_BACKWARD_S = "profile/forward_backward_s"  # median wall time of the micro-steps of a step
-OPTIMIZER_S = "profile/optimizer_s"  # median wall time of clipping + AdamW step + zero_grad
-MODEL_FLOPS_PER_STEP = "profile/model_flops_per_step"  # see reports.measure.model_flops
+STEP_TIME_S = "profile/step_time_s"  # median wall time of one nanovlm.step.train_step call (all micro-steps)
+# Inside the step (optimizer hooks; CUDA events on a GPU): from the step's start to the AdamW step
+# (forward/backward of the micro-steps and gradient clipping; before the shared train_step,
+# clipping was counted in OPTIMIZER_S), and the AdamW step itself.
+FORWARD_BACKWARD_S = "profile/forward_backward_s"  # median: micro-steps' forward/backward + clipping
+OPTIMIZER_S = "profile/optimizer_s"  # median: the (fused) AdamW step
+MODEL_FLOPS_PER_STEP = "profile/model_flops_per_step"  # reports.measure.FLOPS_FORMULA (attention per sample)
 ACHIEVED_TFLOPS = "profile/achieved_tflops"  # model FLOPs per second / 1e12
 MFU = "profile/mfu"  # achieved / peak FLOPS of the device, 0..1; only where the peak is known
 WALL_S = "profile/wall_s"  # the whole row: meta count, fresh process, model build, all steps

@@ -1,11 +1,22 @@
-"""Profile presets at real size with random weights: parameters, peak memory and training
-throughput of a batch-size-1 training step, one MLflow run per row in the experiment `profile`.
+"""Profile presets at real size with random weights: parameters, peak memory, training throughput
+and (on CUDA) MFU of the training step, one MLflow run per row in the experiment `profile`.
 
     python -m reports.profile                                   # the five rows of the size table
     python -m reports.profile --presets tiny,original_small --seq_len 256 --steps 5
     python -m reports.profile --device cuda --batch_size 8      # on a GPU: adds model FLOPs utilisation
+    python -m reports.profile --device cuda --packed --seq_len 2048 --sample_len 256 --batch_size 4
     python -m reports.profile --presets dinov3_gemma --set train.freeze_vision_encoder=true
     python -m reports.size_table                                # then: the table and plots from MLflow
+    scripts/profile_gpu.sh                                      # every preset, packed, on one GPU (~10 min)
+
+What is timed is `nanovlm.step.train_step`, the step the training loop runs, set up as training sets
+it up (fused AdamW, fused kernels and per-block torch.compile on CUDA, bf16 autocast on CUDA), on a
+synthetic micro-batch collated like training's (`nanovlm.data.packing`); see `reports.measure`.
+A row of the batch is one sample of `--seq_len` tokens (default 128), or with `--packed` a row
+of `--seq_len` tokens (default 2048) holding seq_len // sample_len samples of `--sample_len`
+tokens (default 256: a single-image VQA sample's order of size) with one image each, attention
+kept inside each sample, as `--packing` training does. Each row prints and logs tokens/s,
+samples/s, MFU (CUDA, where the GPU's peak is known) and the peak memory of the profiled steps.
 
 Each row runs in a fresh process (`python -m reports.measure`), so that its CPU peak memory is its
 own and an out-of-memory kill costs one row, not the whole profile. Parameter counts come from a
@@ -14,8 +25,8 @@ that fails or times out ends FAILED with an `error` tag; the table shows it as e
 that reason as the footnote. No weights are downloaded (random init from the bundled configs);
 online the real tokenizer may be fetched, offline (HF_HUB_OFFLINE=1) the family's stand-in is used.
 
-Runs go to `--tracking_uri`, else `$MLFLOW_TRACKING_URI`, else `sqlite:///<cwd>/mlflow.db`, as
-for training runs. Timings on a shared machine are only as good as the machine was quiet.
+Runs go to `--tracking_uri`, else `$MLFLOW_TRACKING_URI`, else `sqlite:///<$NANOVLM_HOME or cwd>/mlflow.db`,
+as for training runs. Timings on a shared machine are only as good as the machine was quiet.
 """
 
 from __future__ import annotations
@@ -32,11 +43,13 @@ from pathlib import Path
 from typing import Any
 
 from experiments.presets import PRESETS, get_preset
+from nanovlm import metrics as M
 from nanovlm.config import ConfigError, ExperimentConfig, flatten, override
 from reports import names as N
 
 # The five rows of the source document's "Model Size Comparison" table, in its order.
 DEFAULT_ROWS = ("original_small", "default", "dinov3_gemma", "dinov3b_smollm", "dinov3l_gemma")
+DEFAULT_SAMPLE_LEN = 256  # reports.measure.DEFAULT_SAMPLE_LEN (not imported here: it would load torch)
 RUN_KIND_TAG = "run_kind"  # "profile" on every profile run, whatever experiment it is in
 PROFILE_KIND = "profile"
 
@@ -87,6 +100,8 @@ def _worker_command(config_path: Path, result_path: Path, a: argparse.Namespace)
     cmd = [sys.executable, "-m", "reports.measure", str(config_path), str(result_path),
            "--batch_size", str(a.batch_size), "--seq_len", str(a.seq_len), "--steps", str(a.steps),
            "--warmup", str(a.warmup), "--grad_accum", str(a.grad_accum), "--device", a.device]
+    if a.packed:
+        cmd += ["--packed", "--sample_len", str(a.sample_len)]
     if a.peak_tflops:
         cmd += ["--peak_tflops", str(a.peak_tflops)]
     return cmd
@@ -120,7 +135,8 @@ def _in_process(cfg: ExperimentConfig, a: argparse.Namespace) -> tuple[dict[str,
     from reports.measure import measure
 
     try:
-        r = measure(cfg, a.batch_size, a.seq_len, a.steps, a.warmup, a.grad_accum, a.device, a.peak_tflops)
+        r = measure(cfg, a.batch_size, a.seq_len, a.steps, a.warmup, a.grad_accum, a.device, a.peak_tflops,
+                    a.packed, a.sample_len)
     except Exception as e:  # reported as a FAILED run, like a worker's failure
         return None, f"{type(e).__name__}: {e}"
     return {"metrics": r.metrics, "tags": r.tags}, ""
@@ -140,12 +156,14 @@ def profile_row(name: str, cfg: ExperimentConfig, a: argparse.Namespace, common_
 
     started = time.perf_counter()
     counts = count_parameters(cfg)
-    run_name = f"{name}-{a.device}-bs{a.batch_size}-seq{a.seq_len}"
+    run_name = f"{name}-{a.device}-bs{a.batch_size}-seq{a.seq_len}" + (f"-packed{a.sample_len}" if a.packed else "")
     # The parent never touches CUDA (a context would cost the GPU memory the row is measured on):
     # on CUDA the worker's exact device name replaces this provisional tag.
     device = device_description(torch.device("cpu")) if a.device == "cpu" else a.device
     tags = {**common_tags, "preset": name, RUN_KIND_TAG: PROFILE_KIND, "device": device, "flops_formula": FLOPS_FORMULA}
+    # sample_len: the tokens of one sample, seq_len itself when a row is one sample
     params = {**flatten(cfg), "profile.batch_size": a.batch_size, "profile.seq_len": a.seq_len,
+              "profile.packed": a.packed, "profile.sample_len": a.sample_len if a.packed else a.seq_len,
               "profile.steps": a.steps, "profile.warmup": a.warmup, "profile.grad_accum": a.grad_accum,
               "profile.device": a.device, "profile.isolated": not a.in_process}
     tracker = MLflowTracker.start(a.experiment, run_name, tags=tags, tracking_uri=a.tracking_uri, system_metrics=False)
@@ -170,9 +188,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m reports.profile", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", default=",".join(DEFAULT_ROWS), help=f"comma-separated presets ({', '.join(PRESETS)})")
-    p.add_argument("--batch_size", type=int, default=1, help="samples per micro-step")
-    p.add_argument("--seq_len", type=int, default=128,
-                   help="tokens per sample, the image's tokens included (the rest is text with a loss)")
+    p.add_argument("--batch_size", type=int, default=1,
+                   help="rows per micro-step (a row is one sample unless --packed)")
+    p.add_argument("--seq_len", type=int, default=None,
+                   help="tokens per row, the images' tokens included (the rest is text with a loss); "
+                        "default 128, or 2048 with --packed")
+    p.add_argument("--packed", action="store_true",
+                   help="pack each row with seq_len // sample_len samples of --sample_len tokens, one image each, "
+                        "attention within each sample (as training with --packing); without it a row is one sample")
+    p.add_argument("--sample_len", type=int, default=None,
+                   help=f"tokens per sample with --packed, its image's tokens included (default "
+                        f"{DEFAULT_SAMPLE_LEN}: the order of a single-image VQA sample)")
     p.add_argument("--steps", type=int, default=None,
                    help="timed optimizer steps, the median is reported (default: 2 on CPU, 10 on CUDA)")
     p.add_argument("--warmup", type=int, default=None,
@@ -199,9 +225,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         a.steps = 10 if a.device == "cuda" else 2
     if a.warmup is None:
         a.warmup = 3 if a.device == "cuda" else 1
-    for flag in ("batch_size", "seq_len", "steps", "grad_accum"):
+    if a.seq_len is None:
+        a.seq_len = 2048 if a.packed else 128
+    if a.sample_len is None:
+        a.sample_len = DEFAULT_SAMPLE_LEN
+    elif not a.packed:
+        p.error("--sample_len needs --packed (without it a sample is a whole row of --seq_len tokens)")
+    for flag in ("batch_size", "seq_len", "sample_len", "steps", "grad_accum"):
         if getattr(a, flag) < 1:
             p.error(f"--{flag} must be >= 1")
+    if a.packed and a.sample_len > a.seq_len:
+        p.error(f"--sample_len {a.sample_len} does not fit a row of --seq_len {a.seq_len}")
     if a.warmup < 0:
         p.error("--warmup must be >= 0")
     return a
@@ -219,16 +253,22 @@ def main(argv: list[str] | None = None) -> int:
     a.tracking_uri = a.tracking_uri or default_tracking_uri()
     mark_orphans_killed(a.experiment, tracking_uri=a.tracking_uri)
     common = {"git_sha": git_sha(), **library_versions()}
-    print(f"profiling {len(rows)} rows on {a.device} (batch {a.batch_size}, {a.seq_len} tokens, "
-          f"{a.steps} timed steps after {a.warmup}) into {a.tracking_uri}, experiment {a.experiment!r}", flush=True)
+    layout = (f"{a.batch_size} rows of {a.seq_len} tokens, each {a.seq_len // a.sample_len} packed samples of "
+              f"{a.sample_len}" if a.packed else f"batch {a.batch_size}, {a.seq_len} tokens")
+    print(f"profiling {len(rows)} rows on {a.device} ({layout}, {a.steps} timed steps after {a.warmup}) into "
+          f"{a.tracking_uri}, experiment {a.experiment!r}", flush=True)
+    if a.packed and a.seq_len // a.sample_len == 1:
+        print(f"note: --sample_len {a.sample_len} fills a {a.seq_len}-token row by itself: one sample per row, "
+              f"nothing packed (pass a smaller --sample_len or a larger --seq_len)", file=sys.stderr, flush=True)
     started, failed = time.perf_counter(), 0
     for name, cfg in rows:
         row = profile_row(name, cfg, a, common)
         m = row["metrics"]
         if row["status"] == "FINISHED":
-            print(f"  {name:<16} {m[N.param_metric('total')] / 1e6:8.2f}M params  {m['train/samples_per_s']:8.3f} "
-                  f"samples/s  peak {m['train/peak_memory_mb'] / 1024:6.2f} GiB  ({row['wall_s']:.0f} s)  "
-                  f"run {row['run_id']}", flush=True)
+            mfu = f"MFU {100 * m[N.MFU]:5.1f}%" if N.MFU in m else "MFU    -  "
+            print(f"  {name:<16} {m[N.param_metric('total')] / 1e6:8.2f}M params  {m[M.TOKENS_PER_S]:10.4g} tokens/s  "
+                  f"{m[M.SAMPLES_PER_S]:9.4g} samples/s  {mfu}  step peak {m[N.STEP_PEAK_MEMORY_MB] / 1024:6.2f} GiB  "
+                  f"({row['wall_s']:.0f} s)  run {row['run_id']}", flush=True)
         else:
             failed += 1
             print(f"  {name:<16} FAILED ({row['wall_s']:.0f} s) run {row['run_id']}: {row['error']}", flush=True)

@@ -5,9 +5,13 @@
     python -m reports.size_table --experiments profile,nanovlm,evals --out docs/size --tracking_uri sqlite:///$PWD/mlflow.db
 
 Reads every run of `--experiments` into a pandas frame and builds one row per profiled
-architecture, device and profile setting (batch size, sequence length, accumulation):
-- parameters, image tokens, peak memory at the profiled batch size and training throughput come
-  from the newest FINISHED profile run (`reports.profile`) of that preset, device and setting;
+architecture, device and profile setting (batch size, sequence length, accumulation, packed
+sample length):
+- parameters, image tokens, peak memory of the profiled steps (`profile/step_peak_memory_mb`;
+  profiles logged before that name existed have it as `train/peak_memory_mb`) and training
+  throughput come from the newest FINISHED profile run (`reports.profile`) of that preset, device
+  and setting; a training run's own `train/peak_memory_mb` (a process-lifetime peak) is never
+  shown in the table;
 - evaluation scores (`eval/<task>/<score>` matching `--evals`; MMStar's `eval/mmstar/average`
   always has a column) come from the newest run of the same architecture that logged them (the
   evaluation CLI logs to the training run of the checkpoint, else to `nanovlm-evals`): same preset tag,
@@ -58,8 +62,8 @@ DISPLAY_NAMES = {
 
 # Columns of the CSV, in order: these, then one per evaluation metric, then TAIL_COLUMNS.
 BASE_COLUMNS = ["preset", "vision_encoder", "vision_params", "language_model", "language_params", "projector_params",
-                "total_params", "trainable_params", "image_tokens", "peak_memory_mb", "peak_memory_measure",
-                "samples_per_s", "tokens_per_s", "mfu", "batch_size", "seq_len"]
+                "total_params", "trainable_params", "image_tokens", "step_peak_memory_mb", "peak_memory_measure",
+                "samples_per_s", "tokens_per_s", "mfu", "batch_size", "seq_len", "packed", "sample_len"]
 TAIL_COLUMNS = ["device", "profile_run_id", "eval_run_ids", "params_run_id", "notes"]
 
 
@@ -203,8 +207,12 @@ def collect_rows(frame: pd.DataFrame, include: tuple[str, ...] = DEFAULT_EVALS,
 
     rows: list[Row] = []
     # One row per preset, device and profile settings: the newest finished run, else the newest failure.
-    settings = [profiles[c].fillna("") if c in profiles else pd.Series("", index=profiles.index)
-                for c in ("tags.device", "params.profile.batch_size", "params.profile.seq_len", "params.profile.grad_accum")]
+    column = lambda c: profiles[c].fillna("") if c in profiles else pd.Series("", index=profiles.index)  # noqa: E731
+    settings = [column(c) for c in ("tags.device", "params.profile.batch_size", "params.profile.seq_len",
+                                    "params.profile.grad_accum")]
+    # Profiles from before packing logged neither: one sample of seq_len tokens per row, not packed.
+    settings.append(column("params.profile.packed").replace("", "False"))
+    settings.append(column("params.profile.sample_len").mask(lambda v: v == "", settings[2]))
     for (preset, device, *_), runs in profiles.groupby([profiles["tags.preset"], *settings], sort=False):
         finished = runs[runs["status"] == "FINISHED"]
         row = Row(preset, device)
@@ -251,13 +259,24 @@ def _short(run_id: Any) -> str:
     return f"`{str(run_id)[:8]}`"
 
 
+def _packed(run: pd.Series | None) -> bool:
+    return str(_value(run, "params.profile.packed")) == "True"
+
+
 def _settings_note(run: pd.Series) -> str:
     p = lambda k: _value(run, f"params.profile.{k}")  # noqa: E731
     dtype = _value(run, "tags.dtype") or ""
-    return (f"Training throughput: batch {p('batch_size')}, {p('seq_len')} tokens per sample (the image's tokens "
-            f"included, a loss on every text token), {dtype}; median of {p('steps')} optimizer steps of "
-            f"{p('grad_accum')} micro-step(s) each (forward, backward, clipping, AdamW) after {p('warmup')} warm-up "
-            f"step(s), random weights at real size (`python -m reports.profile`).")
+    if _packed(run):
+        per_row = int(p("seq_len")) // int(p("sample_len"))
+        layout = (f"batch {p('batch_size')} rows of {p('seq_len')} tokens, each packed with {per_row} samples of "
+                  f"{p('sample_len')} tokens (one image each, the image's tokens included, a loss on every text "
+                  f"token, attention within each sample)")
+    else:
+        layout = (f"batch {p('batch_size')}, {p('seq_len')} tokens per sample (the image's tokens included, a loss "
+                  f"on every text token)")
+    return (f"Training throughput: {layout}, {dtype}; median of {p('steps')} optimizer steps of "
+            f"{p('grad_accum')} micro-step(s) each (`nanovlm.step.train_step`: forward, backward, clipping, AdamW) "
+            f"after {p('warmup')} warm-up step(s), random weights at real size (`python -m reports.profile`).")
 
 
 @dataclass
@@ -313,9 +332,14 @@ def _format_row(row: Row, rows: list[Row], eval_metrics: list[str], notes: Footn
     if row.profile is not None or row.failed is not None:
         record["batch_size"] = _value(run, "params.profile.batch_size")
         record["seq_len"] = _value(run, "params.profile.seq_len")
+        record["packed"] = _packed(run)
+        record["sample_len"] = _value(run, "params.profile.sample_len") or record["seq_len"]
     if profiled:
+        # The peak of the profiled steps; older profiles logged that figure as train/peak_memory_mb.
+        step_peak = metric(N.STEP_PEAK_MEMORY_MB)
         record.update(peak_memory_measure=_value(run, "tags." + N.PEAK_MEMORY_MEASURE_TAG),
-                      peak_memory_mb=metric(M.PEAK_MEMORY_MB), samples_per_s=metric(M.SAMPLES_PER_S),
+                      step_peak_memory_mb=step_peak if step_peak is not None else metric(M.PEAK_MEMORY_MB),
+                      samples_per_s=metric(M.SAMPLES_PER_S),
                       tokens_per_s=metric(M.TOKENS_PER_S), mfu=metric(N.MFU))
     record["image_tokens"] = metric(N.IMAGE_TOKENS)
     uncounted = "Parameter count not recorded."
@@ -331,10 +355,13 @@ def _format_row(row: Row, rows: list[Row], eval_metrics: list[str], notes: Footn
     tokens = record["image_tokens"]
     cells.append(cell(tokens, f"{tokens:.0f}" if tokens is not None else ""))
 
-    memory = record["peak_memory_mb"]
+    memory = record["step_peak_memory_mb"]
     if memory is not None:
         measure = N.PEAK_MEMORY_MEASURES.get(record["peak_memory_measure"] or "", "measure not recorded.")
-        batch = "" if str(record["batch_size"]) == "1" else f" (batch {record['batch_size']})"
+        if record["packed"]:
+            batch = f" ({record['batch_size']} x {record['seq_len']}-token packed rows)"
+        else:
+            batch = "" if str(record["batch_size"]) == "1" else f" (batch {record['batch_size']})"
         cells.append(f"{memory / 1024:.2f} GiB{batch} {note('Peak memory: ' + measure)}")
     else:
         cells.append(cell(None, ""))
@@ -391,7 +418,8 @@ def build_table(frame: pd.DataFrame, source_note: str = "", include: tuple[str, 
     parts = ["## Model size comparison (measured)", ""] + [f"{r}  " for r in remarks] + ([""] if remarks else [])
     parts += lines + ["", notes.render(), ""]
     csv = pd.DataFrame.from_records(records, columns=BASE_COLUMNS + eval_metrics + TAIL_COLUMNS)
-    for column in [f"{part}_params" for part in N.PARAM_PARTS] + ["image_tokens", "batch_size", "seq_len"]:
+    counts = [f"{part}_params" for part in N.PARAM_PARTS] + ["image_tokens", "batch_size", "seq_len", "sample_len"]
+    for column in counts:
         csv[column] = pd.to_numeric(csv[column]).round().astype("Int64")  # counts: integers, empty when missing
     return Table("\n".join(parts), csv, rows, eval_metrics)
 
@@ -401,6 +429,8 @@ def build_table(frame: pd.DataFrame, source_note: str = "", include: tuple[str, 
 
 def _label(record: pd.Series) -> str:
     batch = "" if pd.isna(record["batch_size"]) else f", batch {record['batch_size']}"
+    if batch and not pd.isna(record["packed"]) and bool(record["packed"]):
+        batch += f" x {record['seq_len']} packed"
     return f"{record['preset']}{batch}\n{record['device']}" if record["device"] else f"{record['preset']}{batch}"
 
 

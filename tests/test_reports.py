@@ -1,4 +1,7 @@
-"""reports: a tiny profile into MLflow, the size table from a store, parameter totals against the source.
+"""reports: a tiny profile into MLflow, the size table from a store, parameter totals against the source,
+the profiler timing `nanovlm.step.train_step` on packed rows, and the FLOPs formula.
+
+    python -m pytest -q tests/test_reports.py
 
 One sqlite store for the module (creating MLflow's schema takes seconds): the `tiny` preset is
 profiled into it once, the way a user would (`reports.profile.main`, a fresh worker process per
@@ -13,11 +16,14 @@ import pandas as pd
 import pytest
 
 from experiments.presets import get_preset
+from nanovlm import metrics as M
 from reports import names as N
 from reports import profile, size_table
 from reports.measure import count_parameters, model_flops, peak_tflops
 
 SEQ_LEN = 40  # tiny: 16 image tokens + 24 text tokens
+# Packed: rows of 160 tokens holding 4 samples of 40 tokens each (one image per sample).
+PACKED = {"seq_len": 160, "sample_len": 40, "batch_size": 2}
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +71,9 @@ def test_profile_logs_a_run_with_measurements_and_provenance(profile_run):
     assert m["train/samples_per_s"] > 0
     assert m["train/tokens_per_s"] == pytest.approx(m["train/samples_per_s"] * SEQ_LEN)
     assert m["train/samples_per_s"] == pytest.approx(1 / m[N.STEP_TIME_S])
-    assert m["train/peak_memory_mb"] > 50  # a whole Python + torch process
+    assert m[N.STEP_PEAK_MEMORY_MB] > 50  # a whole Python + torch process
+    assert M.PEAK_MEMORY_MB not in m  # the training loop's process-lifetime peak is another quantity
+    assert m[N.SAMPLES_PER_ROW] == 1 and m[M.PADDING_FRACTION] == 0
     assert m[N.IMAGE_TOKENS] == 16 and m[N.VISION_TOKENS] == 64  # 64 px, 8x8 patches of 8 px
     assert m[N.MODEL_FLOPS_PER_STEP] > 0 and m[N.ACHIEVED_TFLOPS] > 0 and m[N.WALL_S] > 0
     assert N.MFU not in m and "CUDA" in tags[N.MFU_NOTE_TAG]  # CPU: no peak to compare with
@@ -76,6 +84,7 @@ def test_profile_logs_a_run_with_measurements_and_provenance(profile_run):
                 "flops_formula"):
         assert tags[key], key
     assert params["profile.seq_len"] == str(SEQ_LEN) and params["profile.batch_size"] == "1"
+    assert params["profile.packed"] == "False" and params["profile.sample_len"] == str(SEQ_LEN)
     assert params["profile.isolated"] == "True" and params["model.tiny"] == "True"
 
 
@@ -93,6 +102,114 @@ def test_a_failing_row_ends_failed_with_its_reason_and_keeps_parameter_counts(st
 def test_profile_rejects_unknown_presets_before_running_anything(capsys):
     assert profile.main(["--presets", "tiny,nope", "--device", "cpu", "--tracking_uri", "sqlite:///:memory:"]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_packed_flags_and_their_defaults():
+    a = profile.parse_args(["--packed", "--device", "cpu"])
+    assert (a.seq_len, a.sample_len) == (2048, 256)  # 8 samples per row
+    a = profile.parse_args(["--device", "cpu"])
+    assert (a.packed, a.seq_len) == (False, 128)
+    for bad in (["--sample_len", "64"], ["--packed", "--seq_len", "128", "--sample_len", "256"]):
+        with pytest.raises(SystemExit):
+            profile.parse_args(bad + ["--device", "cpu"])
+    from reports.measure import DEFAULT_SAMPLE_LEN
+
+    assert profile.DEFAULT_SAMPLE_LEN == DEFAULT_SAMPLE_LEN
+
+
+def test_synthetic_batch_is_collated_like_training_and_packs_several_samples_per_row():
+    from conftest import tiny_vlm
+
+    from nanovlm.data.processors import IGNORE_INDEX
+    from reports.measure import synthetic_batch
+
+    model = tiny_vlm()
+    batch = synthetic_batch(model, PACKED["batch_size"], PACKED["seq_len"], packed=True,
+                            sample_len=PACKED["sample_len"])
+    stats = batch["stats"]
+    assert stats["samples"] == 8 and stats["images"] == 8 and stats["tokens"] == 2 * 160
+    assert stats["sample_lens"] == [40] * 8 and stats["loss_tokens"] == 8 * 24  # every text token has a loss
+    for r in range(2):
+        assert batch["sequence_ids"][r].tolist() == [j for j in range(4) for _ in range(40)]
+        assert batch["position_ids"][r].tolist() == list(range(40)) * 4
+        slots = batch["image_slots"][r].view(4, 40)
+        assert (slots[:, :16] >= 0).all() and (slots[:, 16:] == -1).all()  # one image block per sample, first
+    assert batch["images"].shape == (8, 3, model.arch.transform.size, model.arch.transform.size)
+    assert (batch["input_ids"][batch["image_slots"] >= 0] == model.image_token_id).all()
+    assert (batch["loss_targets"] != IGNORE_INDEX).sum() == 8 * 24
+
+    single = synthetic_batch(model, 2, SEQ_LEN)
+    assert single["stats"]["samples"] == 2 and single["sequence_ids"].max() == 0  # one sample per row, no padding
+
+
+def test_the_profiler_times_the_training_steps_train_step(monkeypatch):
+    import nanovlm.step
+    from nanovlm.model.vlm import build_vlm
+    from reports.measure import measure
+
+    calls = {"train_step": 0, "prepare": 0}
+    real_step, real_prepare = nanovlm.step.train_step, nanovlm.step.prepare
+
+    def counting_step(*args, **kwargs):
+        calls["train_step"] += 1
+        return real_step(*args, **kwargs)
+
+    def counting_prepare(*args, **kwargs):
+        calls["prepare"] += 1
+        return real_prepare(*args, **kwargs)
+
+    monkeypatch.setattr(nanovlm.step, "train_step", counting_step)
+    monkeypatch.setattr(nanovlm.step, "prepare", counting_prepare)
+    cfg = get_preset("tiny")
+    result = measure(cfg, steps=2, warmup=1, device="cpu", packed=True, **PACKED)
+    assert calls == {"train_step": 3, "prepare": 1}  # warm-up + timed steps, each one train_step call
+    m = result.metrics
+    assert m[N.SAMPLES_PER_ROW] == 4
+    assert m[M.SAMPLES_PER_S] * m[N.STEP_TIME_S] == pytest.approx(8)  # 2 rows x 4 samples per step
+    assert m[M.TOKENS_PER_S] == pytest.approx(m[M.SAMPLES_PER_S] * PACKED["sample_len"])
+    assert 0 < m[N.FORWARD_BACKWARD_S] < m[N.STEP_TIME_S] and 0 < m[N.OPTIMIZER_S] < m[N.STEP_TIME_S]
+    assert float(result.tags["final_loss"]) > 0 and "skipped_steps" not in result.tags
+    # the FLOPs are the per-sample count of the batch that was timed, less than one 160-token sequence per row
+    model = build_vlm(cfg.model, meta=True)
+    per_sample = model_flops(model, cfg.train, [40] * 8, loss_tokens=8 * 24).total
+    per_row = model_flops(model, cfg.train, [160] * 2, loss_tokens=8 * 24, images=8).total
+    assert m[N.MODEL_FLOPS_PER_STEP] == pytest.approx(per_sample) and per_sample < per_row
+
+
+def test_a_packed_profile_logs_its_layout_and_the_table_shows_it(store, client):
+    rc = profile.main(["--presets", "tiny", "--packed", "--seq_len", str(PACKED["seq_len"]), "--sample_len",
+                       str(PACKED["sample_len"]), "--batch_size", str(PACKED["batch_size"]), "--steps", "1",
+                       "--warmup", "1", "--device", "cpu", "--tracking_uri", store, "--experiment", "profile_packed",
+                       "--in_process"])
+    assert rc == 0
+    (run,) = client.search_runs([client.get_experiment_by_name("profile_packed").experiment_id])
+    params, m = run.data.params, run.data.metrics
+    assert params["profile.packed"] == "True" and params["profile.sample_len"] == "40"
+    assert m[N.SAMPLES_PER_ROW] == 4 and m[N.STEP_PEAK_MEMORY_MB] > 0 and M.PEAK_MEMORY_MB not in m
+    assert "sum over the samples i" in run.data.tags["flops_formula"]
+    frame, _ = size_table.load_runs(["profile_packed"], store)
+    table = size_table.build_table(frame)
+    tiny = _cells(table.markdown, "tiny")
+    assert tiny["Peak memory (BS=1)"].startswith(f"{m[N.STEP_PEAK_MEMORY_MB] / 1024:.2f} GiB (2 x 160-token packed rows)")
+    assert "each packed with 4 samples of 40 tokens" in _footnote(table.markdown, tiny["Training speed (samples/s)"])
+    row = table.frame.iloc[0]
+    assert bool(row["packed"]) and row["sample_len"] == 40 and row["step_peak_memory_mb"] == m[N.STEP_PEAK_MEMORY_MB]
+
+
+def test_the_table_reads_the_profiles_step_peak_not_the_training_loops_name(store):
+    tags = {"preset": "tiny", profile.RUN_KIND_TAG: profile.PROFILE_KIND, "device": "cpu (x86_64, 2 cores)",
+            N.PEAK_MEMORY_MEASURE_TAG: "cpu_step_peak_rss"}
+    # A profile run that (wrongly) carries both names with different values: the step peak wins.
+    _fake_run(store, "profile_names", tags, {N.STEP_PEAK_MEMORY_MB: 2048.0, M.PEAK_MEMORY_MB: 9999.0,
+                                             M.SAMPLES_PER_S: 1.0})
+    frame, _ = size_table.load_runs(["profile_names"], store)
+    table = size_table.build_table(frame)
+    assert _cells(table.markdown, "tiny")["Peak memory (BS=1)"].startswith("2.00 GiB")
+    assert table.frame.iloc[0]["step_peak_memory_mb"] == 2048.0
+    # A profile logged before the rename has only train/peak_memory_mb, which then meant the same step peak.
+    _fake_run(store, "profile_old", tags, {M.PEAK_MEMORY_MB: 3072.0, M.SAMPLES_PER_S: 1.0})
+    frame, _ = size_table.load_runs(["profile_old"], store)
+    assert _cells(size_table.build_table(frame).markdown, "tiny")["Peak memory (BS=1)"].startswith("3.00 GiB")
 
 
 # ----------------------------------------------------------------------------- size table
@@ -153,7 +270,7 @@ def test_table_fills_measured_cells_and_joins_evaluation_scores(table):
 
     row = csv[(csv["preset"] == "tiny") & csv["profile_run_id"].notna()].iloc[0]
     assert row["eval/mmstar/average"] == 31.25 and row["eval_run_ids"] == table["trained"]
-    assert row["samples_per_s"] > 0 and row["peak_memory_mb"] > 0 and pd.isna(row["mfu"])
+    assert row["samples_per_s"] > 0 and row["step_peak_memory_mb"] > 0 and pd.isna(row["mfu"])
     assert row["image_tokens"] == 16 and row["seq_len"] == SEQ_LEN
     # the other-encoder run is a row of its own, with its own score
     other = csv[(csv["preset"] == "tiny") & csv["profile_run_id"].isna()].iloc[0]
@@ -175,7 +292,7 @@ def test_table_leaves_missing_data_empty_with_a_footnote(table):
 
     row = csv[csv["preset"] == "original_small"].iloc[0]
     assert row["total_params"] == 222082176 and row["params_run_id"] == table["small"]
-    assert pd.isna(row["peak_memory_mb"]) and pd.isna(row["samples_per_s"]) and pd.isna(row["eval/mmstar/average"])
+    assert pd.isna(row["step_peak_memory_mb"]) and pd.isna(row["samples_per_s"]) and pd.isna(row["eval/mmstar/average"])
     assert "Not profiled" in row["notes"]
 
     evaluated = _cells(md, "dinov3_gemma")
@@ -240,14 +357,31 @@ def test_flops_formula_follows_freezing():
 
     cfg = get_preset("tiny")
     model = build_vlm(cfg.model, meta=True)
-    full = model_flops(model, cfg.train, batch_size=2, seq_len=SEQ_LEN, loss_tokens=24)
-    frozen = model_flops(model, override(cfg, {"freeze_vision_encoder": True}).train, 2, SEQ_LEN, 24)
-    lm_frozen = model_flops(model, override(cfg, {"lr_language": 0.0}).train, 2, SEQ_LEN, 24)
+    two = [SEQ_LEN, SEQ_LEN]  # two samples of SEQ_LEN tokens, 24 with a loss each
+    full = model_flops(model, cfg.train, two, loss_tokens=48)
+    frozen = model_flops(model, override(cfg, {"freeze_vision_encoder": True}).train, two, 48)
+    lm_frozen = model_flops(model, override(cfg, {"lr_language": 0.0}).train, two, 48)
     assert frozen.vision * 3 == full.vision and frozen.language == full.language  # forward only
     assert lm_frozen.language * 3 == full.language * 2  # forward + input gradients, no weight gradients
-    assert model_flops(model, cfg.train, 1, SEQ_LEN, 24).total * 2 == full.total  # linear in batch
+    assert model_flops(model, cfg.train, [SEQ_LEN], 24).total * 2 == full.total  # linear in batch
     # the head runs on loss tokens only: twice the tokens, twice the head
-    assert model_flops(model, cfg.train, 2, SEQ_LEN, 48).head == 2 * full.head
+    assert model_flops(model, cfg.train, two, 96).head == 2 * full.head
+
+
+def test_packed_flops_count_attention_per_sample_not_per_row():
+    from nanovlm.model.vlm import build_vlm
+
+    cfg = get_preset("tiny")
+    model = build_vlm(cfg.model, meta=True)
+    # The same 160 tokens, 96 losses and 4 images: one 160-token sequence vs 4 packed samples of 40.
+    row = model_flops(model, cfg.train, [160], loss_tokens=96, images=4)
+    packed = model_flops(model, cfg.train, [40] * 4, loss_tokens=96)  # one image per sample by default
+    assert (packed.vision, packed.projector, packed.head) == (row.vision, row.projector, row.head)
+    lm = model.lm.config
+    attention = 3 * 4 * lm.num_hidden_layers * lm.num_attention_heads * lm.head_dim  # k = 3: all trained
+    assert row.language - packed.language == attention * (160 ** 2 - 4 * 40 ** 2)
+    # the image count is the sample count: 4 samples, 4 images
+    assert model_flops(model, cfg.train, [40] * 4, 96).vision == 4 * model_flops(model, cfg.train, [40], 24).vision
 
 
 def test_peak_flops_of_known_gpus():
@@ -263,8 +397,22 @@ def test_cuda_profile_measures_allocated_memory_and_mfu():
 
     result = measure(get_preset("tiny"), seq_len=SEQ_LEN, steps=2, warmup=1, device="cuda")
     assert result.tags[N.PEAK_MEMORY_MEASURE_TAG] == "cuda_max_allocated"
-    assert result.tags["dtype"] == "bf16 autocast" and result.metrics["train/peak_memory_mb"] > 0
+    assert result.tags["dtype"] == "bf16 autocast" and result.metrics[N.STEP_PEAK_MEMORY_MB] > 0
     if peak_tflops(result.tags["device"]) is None:
         assert "unknown" in result.tags[N.MFU_NOTE_TAG]
     else:
         assert 0 < result.metrics[N.MFU] < 1
+
+
+def test_profiles_from_before_packing_group_with_unpacked_ones_of_the_same_setting():
+    common = {"experiment": "profile", "status": "FINISHED", "tags.preset": "tiny", "tags.device": "cpu",
+              f"tags.{profile.RUN_KIND_TAG}": profile.PROFILE_KIND,
+              "params.profile.batch_size": "1", "params.profile.seq_len": "40", "params.profile.grad_accum": "1"}
+    layout = lambda packed, sample_len: {"params.profile.packed": packed, "params.profile.sample_len": sample_len}  # noqa: E731
+    frame = pd.DataFrame([
+        {**common, "run_id": "new", "start_time": 3, **layout("False", "40")},
+        {**common, "run_id": "old", "start_time": 2},  # logged neither parameter
+        {**common, "run_id": "packed", "start_time": 1, **layout("True", "20")},
+    ])
+    rows, _, _ = size_table.collect_rows(frame)
+    assert sorted(row.profile["run_id"] for row in rows) == ["new", "packed"]  # "old" is the same row as "new"
