@@ -12,7 +12,8 @@ The training run is found by the `run_id` in the checkpoint's meta.json, in the 
 A finished run keeps its final status (FINISHED, FAILED or KILLED); a run still RUNNING (training
 in progress) is only added to. A checkpoint without a run id, or whose run is not in that store,
 gets a new run in the `nanovlm-evals` experiment, tagged with the checkpoint (and a warning says
-which store was searched).
+which store was searched). Each task's data is a run input with context "eval", named
+`<hub id or path>:<split>` (`:val[:100]` under --limit), its fingerprint as the digest.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any, Sequence
 from evals.harness import TaskResult
 from nanovlm.files import read_json
 from nanovlm.metrics import eval_name
-from nanovlm.tracking import TERMINAL_STATUSES, MLflowTracker, default_tracking_uri
+from nanovlm.tracking import TERMINAL_STATUSES, MLflowTracker, dataset_input, default_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +68,24 @@ def log_results(results: Sequence[TaskResult], checkpoint: str, out_dirs: dict[s
     """Log the tasks' scores, accuracy and failed count (and their results folders as artifacts
     under evals/<task>); return the run id."""
     scores = {r.task: {**r.scores, "accuracy": r.accuracy, "failed": float(r.counts["failed"])} for r in results}
-    return log_scores(scores, checkpoint, out_dirs, tracking_uri=tracking_uri, experiment=experiment)
+    return log_scores(scores, checkpoint, out_dirs, tracking_uri=tracking_uri, experiment=experiment,
+                      datasets=[eval_input(r.data) for r in results if r.data.get("fingerprint")])
+
+
+def eval_input(data: dict[str, Any]) -> dict[str, Any]:
+    """`tracking.dataset_input`'s arguments for a task's data (`EvalData.describe()`)."""
+    split = data.get("split") or "eval"
+    if data.get("rows") is not None and data.get("total_rows") and data["rows"] < data["total_rows"]:
+        split = f"{split}[:{data['rows']}]"  # --limit: the first rows, in the hub's split syntax
+    return {"source": data["source"], "digest": data["fingerprint"], "context": "eval", "rows": data.get("rows"),
+            "subset": data.get("config") or "", "split": split}
 
 
 def log_scores(scores: dict[str, dict[str, float]], checkpoint: str, out_dirs: dict[str, Path] | None = None, *,
-               tracking_uri: str | None = None, experiment: str = EXPERIMENT) -> str:
-    """Log {task: {score name: value}} as eval/<task>/<score>; return the run id."""
+               tracking_uri: str | None = None, experiment: str = EXPERIMENT,
+               datasets: Sequence[dict[str, Any]] = ()) -> str:
+    """Log {task: {score name: value}} as eval/<task>/<score>, and `datasets` (`eval_input`s) as
+    run inputs; return the run id."""
     from mlflow import MlflowClient
 
     uri = tracking_uri or default_tracking_uri()
@@ -92,6 +105,8 @@ def log_scores(scores: dict[str, dict[str, float]], checkpoint: str, out_dirs: d
         client, now = MlflowClient(tracking_uri=uri), int(time.time() * 1000)
         client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()],
                          tags=[RunTag(k, v) for k, v in tags.items()])
+        if datasets:
+            client.log_inputs(run_id, datasets=[dataset_input(**d) for d in datasets])
         for task, out in out_dirs.items():
             client.log_artifacts(run_id, str(out), f"evals/{task}")
         return run_id
@@ -100,7 +115,7 @@ def log_scores(scores: dict[str, dict[str, float]], checkpoint: str, out_dirs: d
         name = MlflowClient(tracking_uri=uri).get_experiment(run.info.experiment_id).name
         tracker = MLflowTracker.start(name, run_id=run_id, tracking_uri=uri, system_metrics=False)
         try:
-            _log(tracker, metrics, step, tags, out_dirs)
+            _log(tracker, metrics, step, tags, out_dirs, datasets)
         finally:
             # a FAILED or KILLED training run stays so
             tracker.finish(run.info.status if run.info.status in TERMINAL_STATUSES else "FINISHED")
@@ -114,13 +129,15 @@ def log_scores(scores: dict[str, dict[str, float]], checkpoint: str, out_dirs: d
                              tags={"checkpoint": str(checkpoint), "source_run_id": run_id or "",
                                    **architecture_tags(checkpoint, meta)},
                              system_metrics=False) as tracker:
-        _log(tracker, metrics, step, tags, out_dirs)
+        _log(tracker, metrics, step, tags, out_dirs, datasets)
         return tracker.run_id
 
 
 def _log(tracker: MLflowTracker, metrics: dict[str, float], step: int, tags: dict[str, str],
-         out_dirs: dict[str, Path]) -> None:
+         out_dirs: dict[str, Path], datasets: Sequence[dict[str, Any]]) -> None:
     tracker.set_tags(tags)
+    for data in datasets:
+        tracker.log_dataset(**data)
     tracker.log_metrics(metrics, step)
     tracker.flush()
     for task, out in out_dirs.items():

@@ -163,6 +163,8 @@ def run_experiment(cfg: ExperimentConfig, resume: str | None = None, parent_run_
         if resume_path is None:
             tracker.log_params(flatten(cfg))
         tracker.set_tags(_tags(cfg, model, device, splits))
+        for context, part in (("training", splits.train), ("validation", splits.val)):  # the runs table's Dataset
+            tracker.log_dataset(splits.source, splits.fingerprint, context, data=part, subset=cfg.data.subsets)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "config.json", {"preset": cfg.preset, **flatten(cfg)})
 

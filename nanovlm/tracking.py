@@ -2,6 +2,7 @@
 
     with MLflowTracker.start("smoke", run_name="siglip-smollm") as tracker:
         tracker.log_params({"train.lr_mp": 5e-3, "model.language_model": "smollm"})
+        tracker.log_dataset("synthetic", "3f2a9c1e", "training", data=train_records)  # a run input
         for step in range(steps):
             tracker.log_metrics({"train/loss": loss}, step=step)   # buffered: cheap every step
         tracker.log_artifact("checkpoints/step-100")               # a file or a directory
@@ -19,6 +20,9 @@ relative to the working directory, so starting from another directory silently m
 database; an absolute URI does not, and `tracker.tracking_uri` records it. Artifacts of a new
 experiment in a sqlite store go to `mlartifacts/` beside the database, for the same reason.
 
+Every experiment is created (or, made by an older version, completed) with the tags of
+`nanovlm.dashboard`: the UI opens it on its runs, with a "Training curves" saved view.
+
 Choices worth knowing:
 - Everything goes through an explicit `MlflowClient(tracking_uri)`, never the fluent API's global
   active-run stack, so sequential runs, nested runs (a sweep's trials under an open parent) and
@@ -31,6 +35,10 @@ Choices worth knowing:
   MLflow rejects (a forbidden character) is dropped, with an error, without losing the others.
 - Non-finite metric values are skipped, with one warning per key: MLflow stores NaN, but it stores
   +-inf as +-1.8e308, which is a misleading number on a chart.
+- Datasets are run inputs (the runs table's Dataset column; `dataset.digest = '<fingerprint>'`
+  in the search box finds the runs that read it). MLflow keeps one dataset per (experiment, name,
+  digest), so the name carries the split: `synthetic:training`, `synthetic:validation`,
+  `Lin-Chen/MMStar:val[:100]`.
 - Params are strings and immutable in MLflow. Re-logging the same value (a resumed run) is a no-op;
   a different value for an existing key is skipped with a warning instead of failing the run.
 - While a tracker is open in the main thread, SIGTERM raises `Terminated` (a KeyboardInterrupt),
@@ -40,16 +48,21 @@ Choices worth knowing:
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import logging
 import math
 import os
+import re
 import signal
 import socket
 import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from nanovlm.dashboard import VIEW_TAG_PREFIX, experiment_tags, ui_link
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -80,6 +93,9 @@ class Tracker(Protocol):
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
 
+    def log_dataset(self, source: str, digest: str, context: str, *, data: Any = None, rows: int | None = None,
+                    subset: str = "", split: str = "", revision: str | None = None) -> None: ...
+
     def flush(self) -> None: ...
 
     def finish(self, status: str = "FINISHED") -> None: ...
@@ -100,6 +116,9 @@ class NullTracker:
         pass
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def log_dataset(self, source: str, digest: str, context: str, **details: Any) -> None:
         pass
 
     def flush(self) -> None:
@@ -167,7 +186,7 @@ def _experiment_id(client: MlflowClient, name: str, tracking_uri: str) -> str:
         # (http...) decides for itself.
         location = (db.parent / "mlartifacts").as_uri() if db is not None else None
         try:
-            return client.create_experiment(name, artifact_location=location)
+            return client.create_experiment(name, artifact_location=location, tags=experiment_tags())
         except MlflowException as e:
             if e.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
@@ -177,7 +196,63 @@ def _experiment_id(client: MlflowClient, name: str, tracking_uri: str) -> str:
             f"MLflow experiment {name!r} is deleted (in {tracking_uri}); restore it with "
             f"`mlflow experiments restore` or choose another name"
         )
+    # One made before these tags existed (or by hand) gets the missing ones; a kind or view
+    # someone changed stays as it is.
+    for key, value in experiment_tags().items():
+        if key not in experiment.tags:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
     return experiment.experiment_id
+
+
+MAX_DIGEST_LENGTH = 36  # MLflow's limit (a VARCHAR(36) column)
+
+
+def _hub_revision(data: Any) -> str | None:
+    """The commit of a hub dataset as `datasets` cached it (its cache folder is named by the commit)."""
+    for cached in getattr(data, "cache_files", None) or []:
+        folder = Path(cached.get("filename", "")).parent.name
+        if re.fullmatch(r"[0-9a-f]{40}", folder):
+            return folder
+    return None
+
+
+def dataset_input(source: str, digest: str, context: str, *, data: Any = None, rows: int | None = None,
+                  subset: str = "", split: str = "", revision: str | None = None) -> Any:
+    """An MLflow run input (`DatasetInput`) for data read from `source`: "synthetic", a hub id or a path.
+
+    `data` (the records, a `datasets.Dataset`) supplies the row count and a hub revision when
+    they are not given. The dataset is named `<source>:<split or context>`: MLflow keeps one
+    dataset per (experiment, name, digest), and the splits of one source share its fingerprint.
+    """
+    import warnings
+
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    if rows is None and data is not None and hasattr(data, "__len__"):
+        rows = len(data)
+    profile: dict[str, Any] = {"num_rows": rows} if rows is not None else {}
+    if source == "synthetic":
+        origin = CodeDatasetSource({"generator": "nanovlm.data.synthetic"})
+    elif os.path.exists(source):
+        with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are the local source
+            warnings.simplefilter("ignore")
+            origin = resolve_dataset_source(Path(source).resolve().as_uri())
+    else:
+        revision = revision or _hub_revision(data)
+        origin = HuggingFaceDatasetSource(source, config_name=subset or None, split=split or None, revision=revision)
+        if revision:
+            profile["revision"] = revision
+    if len(digest) > MAX_DIGEST_LENGTH:  # a stream's fingerprint names the stream: shortened, kept in the profile
+        profile["fingerprint"] = digest
+        digest = hashlib.sha256(digest.encode()).hexdigest()[:16]
+    fields = MetaDataset(origin, name=f"{source}:{split or context}", digest=digest).to_dict()
+    dataset = Dataset(**fields, profile=json.dumps(profile) if profile else None)
+    return DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
 
 
 def _system_metrics_enabled(requested: bool | None) -> bool:
@@ -293,6 +368,7 @@ class MLflowTracker:
             run_id = client.create_run(experiment_id, tags=run_tags, run_name=run_name).info.run_id
 
         tracker = cls(client, run_id, experiment_id, uri, flush_every_s)
+        log.info("MLflow run %s: %s", run_id, ui_link(uri, experiment_id, run_id))
         if resumed:
             tracker.set_tags(all_tags)  # the new host and pid replace the dead process's
         if _system_metrics_enabled(system_metrics):
@@ -395,6 +471,20 @@ class MLflowTracker:
             self.client.log_artifact(self.run_id, str(path), artifact_path)
         else:
             raise FileNotFoundError(f"no file or directory to log as an artifact: {path}")
+
+    def log_dataset(self, source: str, digest: str, context: str, **details: Any) -> None:
+        """Record data the run read as a run input: `context` is "training", "validation" or "eval";
+        `details` are `dataset_input`'s (data, rows, subset, split, revision). A failure is a warning."""
+        try:
+            self.client.log_inputs(self.run_id, datasets=[dataset_input(source, digest, context, **details)])
+        except Exception as e:  # which data a run read is worth a warning, not a stopped run
+            log.warning("could not log dataset %s (%s) as an input of run %s: %s", source, context, self.run_id, e)
+
+    def save_view(self, view_id: str, view: str, charts: bool = True) -> str:
+        """Save a runs-page view (`nanovlm.dashboard.runs_view`) in this run's experiment; return its link
+        (to its chart view when `charts`, else to its table)."""
+        self.client.set_experiment_tag(self.experiment_id, VIEW_TAG_PREFIX + view_id, view)
+        return ui_link(self.tracking_uri, self.experiment_id, view=view_id, charts=charts)
 
     def finish(self, status: str = "FINISHED") -> None:
         """Send what is buffered and set the run's final status; later calls do nothing."""

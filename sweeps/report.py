@@ -118,7 +118,7 @@ def _save_plot(study: optuna.Study, name: str, out_dir: Path, plt: Any, ovm: Any
         return None
 
 
-def summarise(study: optuna.Study, settings: Any, parent_run_id: str, top: int = 5) -> str:
+def summarise(study: optuna.Study, settings: Any, parent_run_id: str, top: int = 5, ui: str = "") -> str:
     counts: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
@@ -145,13 +145,16 @@ def summarise(study: optuna.Study, settings: Any, parent_run_id: str, top: int =
             lines.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
     lines.append(f"Study {settings.study_name!r} in {St.redact(settings.storage)}; MLflow parent run {parent_run_id} "
                  f"(experiment {settings.base.experiment!r}) in {settings.tracking_uri}")
+    if ui:
+        lines.append(f"In the MLflow UI: {ui}")
     return "\n".join(lines)
 
 
-def write_and_log(parent: Any, study: optuna.Study, settings: Any, out_dir: Path) -> str:
-    """Write the report files to `out_dir`, attach them to the parent run, and return the summary."""
+def write_and_log(parent: Any, study: optuna.Study, settings: Any, out_dir: Path, ui: str = "") -> str:
+    """Write the report files to `out_dir`, attach them to the parent run, and return the summary
+    (ending with `ui`, the sweep's link in the MLflow UI, when given)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = summarise(study, settings, parent.run_id)
+    summary = summarise(study, settings, parent.run_id, ui=ui)
     files = [write_csv(trial_rows(study, settings), out_dir / "trials.csv")]
     (out_dir / "summary.txt").write_text(summary + "\n")
     files.append(out_dir / "summary.txt")

@@ -27,6 +27,9 @@ How a sweep is put together, and why:
   complete -> FINISHED, pruned -> KILLED + `sweep.trial_state=PRUNED`, failed -> FAILED (or KILLED
   when its worker died). The parent gets the best value and parameters after every trial, and the
   trials table and plots when a worker finishes (the last worker's copy covers every trial).
+  The creator also saves a view of the runs page, "Sweep <study>": the parent with its trials
+  nested under it, the searched parameters and the metric as columns, a parallel-coordinates
+  chart; its link is logged and ends the summary.
 - **Pruning** compares validation losses step by step, so it is on only when the objective is a
   validation loss; a diverged trial (NaN/inf loss) counts as pruned, so the sampler learns to avoid
   its region instead of retrying it.
@@ -49,6 +52,7 @@ from typing import Any, Callable
 import optuna
 
 from experiments.runner import default_run_name, run_experiment
+from nanovlm import dashboard as D
 from nanovlm import metrics as M
 from nanovlm.config import ExperimentConfig, override
 from nanovlm.data.synthetic import QUESTION_TYPES
@@ -297,6 +301,22 @@ def _open_study(settings: SweepSettings, storage: Any) -> tuple[Any, bool]:
     return study, False
 
 
+def view_id(study_name: str) -> str:
+    """The sweep's saved view in the MLflow UI (a tag key: no = , + in it)."""
+    return "sweep-" + re.sub(r"[^\w.-]", "_", study_name)
+
+
+def _sweep_view(settings: SweepSettings) -> str:
+    """The runs page for one sweep: the parent and its nested trials, searched parameters as columns."""
+    params = [f"train.{name}" for name in settings.space]  # as the trials log them (flattened config)
+    loss = [m for m in (M.VAL_LOSS, M.TRAIN_LOSS) if m != settings.metric]
+    columns = [*map(D.param_column, params), D.metric_column(settings.metric),
+               D.metric_column(f"best/{settings.metric}"), D.tag_column(TAG_STATE)]  # best/...: the parent's
+    return D.runs_view(f"Sweep {settings.study_name}", {"Sweep": [settings.metric], "Loss": loss}, columns=columns,
+                       search_filter=f"tags.`{TAG_STUDY}` = '{settings.study_name}'",
+                       parallel=(params, [settings.metric]))
+
+
 def _start_parent(settings: SweepSettings, study: Any) -> MLflowTracker:
     # No system metrics on the parent: each trial's run records its own, and two monitors would double them.
     tracker = MLflowTracker.start(settings.base.experiment, settings.study_name, tracking_uri=settings.tracking_uri,
@@ -304,7 +324,9 @@ def _start_parent(settings: SweepSettings, study: Any) -> MLflowTracker:
                                         "preset": settings.base.preset}, system_metrics=False)
     tracker.log_params(settings.description())
     study.set_user_attr(ATTR_PARENT, tracker.run_id)
-    log.info("MLflow parent run %s for study %s", tracker.run_id, settings.study_name)
+    link = tracker.save_view(view_id(settings.study_name), _sweep_view(settings), charts=False)
+    log.info("MLflow parent run %s for study %s; its trials in the MLflow UI: %s", tracker.run_id,
+             settings.study_name, link)
     return tracker
 
 
@@ -528,7 +550,9 @@ def _run(settings: SweepSettings, study: optuna.Study, created: bool, target: in
             report.log_best(parent, study, settings)
         report_dir = objective.output_dir / "report"
         objective.reconcile(study)
-        summary = report.write_and_log(parent, study, settings, report_dir)
+        summary = report.write_and_log(parent, study, settings, report_dir,
+                                       ui=D.ui_link(parent.tracking_uri, parent.experiment_id,
+                                                    view=view_id(settings.study_name), charts=False))
     if print_summary is not None:
         print_summary(summary)
     return SweepResult(study, parent.run_id, report_dir, summary)

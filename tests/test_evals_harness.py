@@ -228,6 +228,10 @@ def test_mmstar_command_end_to_end(tracked_checkpoint, fixture_dir, capsys):
     assert [m.step for m in history] == [7]
     artifacts = [a.path for a in MlflowClient(uri).list_artifacts(run_id, "evals/mmstar")]
     assert "evals/mmstar/results.json" in artifacts
+    (data,) = run.inputs.dataset_inputs  # the eval data is a run input
+    assert data.dataset.name == f"{(fixture_dir / 'mmstar.parquet').resolve()}:val"
+    assert data.dataset.digest == results["data"]["fingerprint"] and data.tags[0].value == "eval"
+    assert json.loads(data.dataset.profile) == {"num_rows": 36}
 
 
 def test_command_errors_are_one_line(tracked_checkpoint, tmp_path):
@@ -256,7 +260,7 @@ def test_run_several_tasks_with_one_summary(tracked_checkpoint, fixture_dir, tmp
 def test_mlflow_new_run_and_running_run(tmp_path, store):
     from mlflow import MlflowClient
 
-    from evals.mlflow_log import EXPERIMENT, log_scores
+    from evals.mlflow_log import EXPERIMENT, eval_input, log_scores
     from nanovlm.tracking import MLflowTracker
 
     uri = store
@@ -271,9 +275,13 @@ def test_mlflow_new_run_and_running_run(tmp_path, store):
     try:
         (tmp_path / "ckpt").mkdir()
         (tmp_path / "ckpt" / "meta.json").write_text(json.dumps({"run_id": training.run_id, "step": 3}))
-        assert log_scores({"ai2d": {"exact_match": 0.5}}, str(tmp_path / "ckpt"), tracking_uri=uri) == training.run_id
+        data = eval_input({"source": "lmms-lab/ai2d", "split": "test", "rows": 10, "total_rows": 3088,
+                           "fingerprint": "f" * 16})
+        assert log_scores({"ai2d": {"exact_match": 0.5}}, str(tmp_path / "ckpt"), tracking_uri=uri,
+                          datasets=[data]) == training.run_id
         run = MlflowClient(uri).get_run(training.run_id)
         assert run.info.status == "RUNNING" and run.data.metrics["eval/ai2d/exact_match"] == 0.5
+        assert [i.dataset.name for i in run.inputs.dataset_inputs] == ["lmms-lab/ai2d:test[:10]"]  # --limit 10
     finally:
         training.finish()
 

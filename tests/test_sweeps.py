@@ -4,6 +4,7 @@ clearly-bad trial is pruned. Workers in other processes: test_sweeps_workers.py 
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import optuna
@@ -113,6 +114,7 @@ def test_four_trial_sweep_nests_runs_and_plots(stores, capsys):
     assert _main(stores, "--n_trials", "4", "--study_name", "four") == 0
     out = capsys.readouterr().out
     assert "Best: trial" in out and "Top " in out
+    assert "In the MLflow UI: http://127.0.0.1:5000/#/experiments/" in out and "viewStateShareKey=sweep-four" in out
 
     study = optuna.load_study(study_name="four", storage=storage)
     trials = study.get_trials(states=Done)
@@ -132,6 +134,13 @@ def test_four_trial_sweep_nests_runs_and_plots(stores, capsys):
         assert run.data.params["train.freeze_vision_encoder"] == str(t.params["freeze_vision_encoder"])
         expected = ("FINISHED", "COMPLETE") if t.state == optuna.trial.TrialState.COMPLETE else ("KILLED", "PRUNED")
         assert (run.info.status, run.data.tags[TAG_STATE]) == expected
+
+    # the sweep's view in the UI: its runs, the searched parameters as columns
+    view = client.get_experiment(parent.info.experiment_id).tags["mlflow.sharedViewState.sweep-four"]
+    state = json.loads(json.loads(view)["state"])
+    assert state["searchFilter"] == "tags.`sweep.study_name` = 'four'"
+    assert {"params.`train.lr_mp`", "params.`train.freeze_vision_encoder`", "metrics.`val/loss`"} <= \
+        set(state["selectedColumns"])
 
     best = study.best_trial
     assert parent.data.tags["best.trial"] == str(best.number)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import multiprocessing
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from nanovlm import dashboard as D
 from nanovlm.tracking import (
     HOST_TAG,
     PID_TAG,
@@ -19,6 +21,7 @@ from nanovlm.tracking import (
     NullTracker,
     Tracker,
     _experiment_id,
+    _hub_revision,
     default_tracking_uri,
     mark_orphans_killed,
 )
@@ -111,6 +114,7 @@ def test_null_tracker_has_the_interface():
         assert isinstance(tracker, Tracker) and tracker.run_id is None
         tracker.log_params({"a": 1})
         tracker.log_metrics({"loss": 1.0}, step=0)
+        tracker.log_dataset("synthetic", "abc", "training", data=[1, 2])
         tracker.finish("FAILED")
 
 
@@ -251,6 +255,66 @@ def test_experiment_creation_race(uri, client, experiment):
 
     assert _experiment_id(LateClient(), experiment, uri) == existing
     assert len(lookups) == 2
+
+
+def test_experiments_open_on_their_runs_with_a_training_view(uri, client, experiment):
+    with MLflowTracker.start(experiment, tracking_uri=uri) as tracker:
+        pass
+    tags = client.get_experiment(tracker.experiment_id).tags
+    assert tags[D.KIND_TAG] == D.TRAINING_KIND
+    view = json.loads(tags[D.VIEW_TAG_PREFIX + D.TRAINING_VIEW])
+    state = json.loads(view["state"])
+    assert view["name"] == "Training curves"
+    assert [s["name"] for s in state["compareRunSections"]] == list(D.TRAINING_SECTIONS)
+    assert state["compareRunCharts"][0]["metricKey"] == "train/loss"
+    # an experiment made before (or by hand) gets the missing tags; a kind someone chose stays
+    older = client.create_experiment(f"{experiment}-old", tags={D.KIND_TAG: "genai_development"})
+    with MLflowTracker.start(f"{experiment}-old", tracking_uri=uri) as tracker:
+        assert tracker.experiment_id == older
+    tags = client.get_experiment(older).tags
+    assert tags[D.KIND_TAG] == "genai_development" and D.VIEW_TAG_PREFIX + D.TRAINING_VIEW in tags
+    link = D.ui_link(uri, older, view=D.TRAINING_VIEW)
+    assert link.startswith(f"http://127.0.0.1:5000/#/experiments/{older}/runs?workflowType=machine_learning")
+    assert tracker.save_view("mine", D.runs_view("Mine", {"Loss": ["train/loss"]})).endswith("viewStateShareKey=mine"
+                                                                                        "&compareRunsMode=CHART")
+    assert D.VIEW_TAG_PREFIX + "mine" in client.get_experiment(older).tags
+
+
+def test_datasets_are_run_inputs(uri, client, experiment, tmp_path):
+    local = tmp_path / "data.parquet"
+    local.write_bytes(b"x")
+    with MLflowTracker.start(experiment, tracking_uri=uri) as tracker:
+        tracker.log_dataset("synthetic", "5d8f3f0056c0482d", "training", data=list(range(64)))
+        tracker.log_dataset("synthetic", "5d8f3f0056c0482d", "validation", data=list(range(8)))
+        tracker.log_dataset("org/set", "a" * 16, "eval", rows=100, subset="sub", split="val[:100]", revision="abc123")
+        tracker.log_dataset(str(local), "stream:" + "x" * 40, "training")  # longer than MLflow's digest limit
+        tracker.log_dataset("synthetic", "5d8f3f0056c0482d", "training", data=list(range(64)))  # a resume: no copy
+    inputs = client.get_run(tracker.run_id).inputs.dataset_inputs
+    found = {(i.dataset.name, i.tags[0].value): i.dataset for i in inputs}
+    assert len(inputs) == 4 and all(i.tags[0].key == "mlflow.data.context" for i in inputs)
+    train, val = found["synthetic:training", "training"], found["synthetic:validation", "validation"]
+    assert train.digest == val.digest == "5d8f3f0056c0482d" and train.source_type == "code"
+    assert json.loads(train.profile) == {"num_rows": 64} and json.loads(val.profile) == {"num_rows": 8}
+    hub = found["org/set:val[:100]", "eval"]
+    assert hub.source_type == "hugging_face" and json.loads(hub.profile) == {"num_rows": 100, "revision": "abc123"}
+    source = json.loads(hub.source)
+    assert (source["path"], source["config_name"], source["split"], source["revision"]) == \
+        ("org/set", "sub", "val[:100]", "abc123")
+    stream = found[f"{local}:training", "training"]
+    assert stream.source_type == "local" and len(stream.digest) == 16
+    assert json.loads(stream.profile)["fingerprint"] == "stream:" + "x" * 40
+    # the fingerprint finds the runs that read the data
+    runs = client.search_runs([tracker.experiment_id], "dataset.digest = '5d8f3f0056c0482d'")
+    assert [r.info.run_id for r in runs] == [tracker.run_id]
+
+
+def test_hub_revision_is_read_from_the_datasets_cache():
+    class Cached:  # a datasets.Dataset as `datasets` caches a hub dataset: <name>/<config>/<version>/<commit>/
+        cache_files = [{"filename": f"/c/org___set/sub/0.0.0/{'0123abcd' * 5}/set-train.arrow"}]
+
+    assert _hub_revision(Cached()) == "0123abcd" * 5
+    Cached.cache_files = [{"filename": "/c/parquet/default-1a2b/0.0.0/9f8e7d6c5b4a3921/parquet-train.arrow"}]
+    assert _hub_revision(Cached()) is None and _hub_revision([1, 2]) is None
 
 
 def test_sigkilled_run_is_marked_killed_and_live_runs_are_not(store, uri, client):
