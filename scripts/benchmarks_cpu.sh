@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The CPU numbers in the README's "Benchmarks and results" section, re-run:
+#
+#     scripts/benchmarks_cpu.sh            # about 3 minutes on 2 cores; writes into a temporary folder
+#
+# Prints wall time and peak memory of the tiny experiment end to end, then the profiled training step
+# of the tiny preset with and without packing (tokens/s, samples/s, step peak memory).
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+export HF_HUB_OFFLINE=1
+work="$(mktemp -d)"
+export NANOVLM_HOME="$work"
+cd "$work"
+echo "device: $(python -c 'import os, platform; print(platform.processor() or platform.machine(), os.cpu_count(), "cores")'); \
+torch $(python -c 'import torch; print(torch.__version__)'); $(date -u +%F)"
+
+# 1. The tiny experiment end to end (600 steps of 4 packed rows of 336 tokens, validation, evaluation).
+/usr/bin/time -f "tiny experiment: %e s wall, %M KiB peak RSS" python -m experiments.run tiny --output_dir "$work/runs" \
+    2>&1 | grep -E "tiny experiment:|synthetic(_blind)? accuracy"
+
+# 2. The training step alone: rows of 256 tokens, 4 rows; packed = 4 samples of 64 tokens per row.
+python -m reports.profile --presets tiny --seq_len 256 --batch_size 4 --steps 10 --warmup 3 2>&1 | grep -E "^tiny|tokens/s"
+python -m reports.profile --presets tiny --seq_len 256 --batch_size 4 --steps 10 --warmup 3 --packed --sample_len 64 \
+    2>&1 | grep -E "^tiny|tokens/s"
