@@ -68,7 +68,12 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.T
     for name, value in tensors.items():
         pid, key = name.split(".", 1)
         state.setdefault(int(pid), {})[key] = value
+    # How the optimizer runs (fused kernel, foreach) is this process's choice, not saved state: an
+    # older checkpoint's `fused: None` must not switch off the fused AdamW that skips NaN steps.
+    how = [{k: g[k] for k in ("fused", "foreach", "capturable") if k in g} for g in optimizer.param_groups]
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    for group, keep in zip(optimizer.param_groups, how):
+        group.update(keep)
 
 
 def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -98,3 +98,19 @@ def test_compiled_blocks_do_not_recompile_for_shapes_seen_before():
         torch._dynamo.config.error_on_recompile = False
         torch._dynamo.reset()
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+
+
+def test_an_older_checkpoints_optimizer_settings_do_not_switch_off_the_fused_kernel(tmp_path):
+    from nanovlm.checkpoint import TrainerState, load_training_checkpoint, save_training_checkpoint
+
+    model = _fresh()
+    old = build_optimizer(model, TrainConfig())
+    for group in old.param_groups:  # unfused, as checkpoints written before fused AdamW on CPU
+        group["fused"] = None
+    model(**model_batch(model, _samples(model, ["What colour?"], ["red"]))).backward()
+    old.step()
+    path = save_training_checkpoint(tmp_path, model, old, TrainerState(step=1))
+    optimizer = build_optimizer(model, TrainConfig())
+    load_training_checkpoint(path, model, optimizer)
+    assert all(group["fused"] for group in optimizer.param_groups)
+    assert all(int(s["step"]) == 1 for s in optimizer.state.values())
