@@ -53,7 +53,7 @@ def tiny() -> ExperimentConfig:
         # Random tiny backbones learn from scratch, so every part gets a high rate.
         train=TrainConfig(batch_size=4, gradient_accumulation_steps=1, max_steps=600, lr_mp=0.01,
                           lr_backbones=0.003, warmup_ratio=0.05, validation_steps=100, eval_interval=100,
-                          save_checkpoint_steps=200),
+                          save_checkpoint_steps=200, eval_tasks="synthetic"),
     )
 
 

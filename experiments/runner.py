@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import torch
 
+from evals.during_training import build_evaluator
 from experiments.presets import get_preset
 from nanovlm import metrics as M
 from nanovlm.checkpoint import latest_checkpoint, read_trainer_state
@@ -104,7 +105,7 @@ def _plot_losses(history: dict[str, list[list[float]]], path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, points in history.items():
-        if points:
+        if points and name.endswith("loss"):  # benchmark scores are on their own charts in MLflow
             steps, values = zip(*points)
             ax.plot(steps, values, label=name, marker="o" if name == M.VAL_LOSS else None)
     ax.set_xlabel("optimizer step")
@@ -168,21 +169,18 @@ def run_experiment(cfg: ExperimentConfig, resume: str | None = None, parent_run_
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "config.json", {"preset": cfg.preset, **flatten(cfg)})
 
+        # Benchmarks (--eval_tasks) run inside training, every eval_steps and at the last step.
+        synthetic_records = list(splits.val) if splits.source == "synthetic" else None
+        evaluate = build_evaluator(model, cfg, synthetic_records, dist)
         state = train(model, train_set, val_set, cfg, tracker, run_dir, resume_from=resume_path, dist=dist,
-                      on_validation=on_validation)
+                      on_validation=on_validation, evaluate=evaluate)
 
         final: dict[str, float] = {}  # logged once, at the last step
         if dist.is_main:
-            if splits.source == "synthetic":  # held-out questions, and the same with shuffled images
-                from evals.synthetic import evaluate_with_control
-
-                for task, scores in evaluate_with_control(model, list(splits.val)).items():
-                    final.update({M.eval_name(task, kind): value for kind, value in scores.items()})
-                    log.info("%s accuracy: %s", task, {k: round(v, 3) for k, v in scores.items()})
             final.update({f"{M.PARAMS_PREFIX}{k}": float(v) for k, v in counts.items()})
             tracker.log_metrics(final, state.step)
-            final.update({M.TRAIN_LOSS: state.history[M.TRAIN_LOSS][-1][1], M.VAL_LOSS: state.history[M.VAL_LOSS][-1][1],
-                          M.BEST_VAL_LOSS: state.best_val_loss})
+            final.update({name: points[-1][1] for name, points in state.history.items()},  # last value of each
+                         **{M.BEST_VAL_LOSS: state.best_val_loss})
             tracker.log_artifact(run_dir / "config.json")
             tracker.log_artifact(_plot_losses(state.history, run_dir / "loss_curve.png"))
             write_json(run_dir / "results.json", final)

@@ -34,6 +34,7 @@ class TrainerState:
     samples_seen: int = 0  # this rank's data position: samples consumed (packing consumes unevenly over ranks)
     positions: list[int] = field(default_factory=list)  # every rank's samples_seen, gathered at a checkpoint
     best_val_loss: float = float("inf")
+    best_score: float | None = None  # the best_metric's value at checkpoints/best
     skipped: int = 0  # samples dropped as unreadable or too long
     run_id: str | None = None  # MLflow run, continued on resume
     config: dict[str, Any] = field(default_factory=dict)

@@ -69,6 +69,13 @@ class TrainConfig:
     attention: str = _f("auto", "attention kernel of the LM while training: auto (flex_attention on CUDA: packed rows "
                                 "without a T x T mask; sdpa on CPU), sdpa, flex_attention or eager",
                         choices=("auto", "sdpa", "flex_attention", "eager"))
+    eval_tasks: str = _f("", "benchmarks evaluated while training, comma-separated: synthetic, mmstar, textvqa, ...")
+    eval_steps: int = _f(0, "evaluate eval_tasks every N steps (and always at the last step); 0 = last step only")
+    eval_limit: int = _f(0, "evaluate the first N items of each task (the same ones every time); 0 = all")
+    eval_data_dir: str = _f("", "folder of <task>.parquet files for eval_tasks (python -m evals.fixtures makes "
+                                "offline ones); '' = each task's hub dataset")
+    best_metric: str = _f("val/loss", "metric that picks the best checkpoint: val/loss (lower is better) or an "
+                                      "eval/<task>/<score> of eval_tasks (higher is better)")
     log_interval: int = _f(10, "read the step's numbers back from the device and log them every N steps")
     seed: int = _f(0, "random seed (weights of new parts, data order)")
     device: str = _f("auto", "auto, cpu or cuda")

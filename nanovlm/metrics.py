@@ -24,3 +24,12 @@ def lr_name(group: str) -> str:
 def eval_name(task: str, score: str) -> str:
     """eval/mmstar/average, eval/synthetic/colour, eval/synthetic_blind/colour, ..."""
     return f"eval/{task}/{score}"
+
+
+def higher_is_better(name: str) -> bool:
+    """Losses are minimised; benchmark scores (accuracies, ANLS, MME points) are maximised."""
+    if name.endswith("loss"):
+        return False
+    if name.startswith("eval/"):
+        return True
+    raise ValueError(f"cannot tell whether {name!r} should go up or down: use a loss or an eval/<task>/<score> metric")

@@ -109,14 +109,22 @@ def validate(step_model: torch.nn.Module, val_batches: Iterator[dict[str, Any]],
     return (totals[0] / totals[1].clamp(min=1)).item()
 
 
+def _improves(metric: str, value: float, best: float | None) -> bool:
+    if best is None:
+        return True
+    return value > best if M.higher_is_better(metric) else value < best
+
+
 # ----------------------------------------------------------------------------- the loop
 
 
 def train(model: Any, train_set: Any, val_set: Any, cfg: ExperimentConfig, tracker: Tracker | None = None,
           run_dir: str | Path = "runs/debug", resume_from: str | Path | None = None, dist: Dist = Dist(),
-          on_validation: Callable[[int, float], None] | None = None) -> TrainerState:
+          on_validation: Callable[[int, float], None] | None = None,
+          evaluate: Callable[[int], dict[str, float]] | None = None) -> TrainerState:
     """Train until cfg.train.max_steps; `on_validation(step, val_loss)` may stop the run by raising
-    (a sweep's pruner does)."""
+    (a sweep's pruner does). `evaluate(step)` -> {eval/<task>/<score>: value} runs the benchmarks
+    every `eval_steps` and at the last step, on every rank (the runner builds it from `evals`)."""
     tc = cfg.train
     tracker = tracker or NullTracker()
     run_dir = Path(run_dir)
@@ -208,17 +216,26 @@ def train(model: Any, train_set: Any, val_set: Any, cfg: ExperimentConfig, track
         unread = []
         window.update({key: 0 for key in window} | {"start": time.perf_counter()})
 
-        # Validation, best model, checkpoint: on their intervals and always on the last step.
+        # Validation, benchmarks, best model, checkpoint: on their intervals and always on the last step.
+        keep_best_now = last_step or state.step % tc.eval_interval == 0
         if validate_now:
             set_train_mode(model, tc, False)
             val_loss = validate(step_model, val_batches(), device, autocast, dist)
             step_metrics[M.VAL_LOSS] = val_loss
-            state.record(M.VAL_LOSS, state.step, val_loss)
-            if (last_step or state.step % tc.eval_interval == 0) and val_loss < state.best_val_loss:
-                state.best_val_loss = val_loss
-                step_metrics[M.BEST_VAL_LOSS] = val_loss
-                if dist.is_main:
-                    save_best(run_dir, model, state.meta(val_loss=val_loss))
+            if keep_best_now and val_loss < state.best_val_loss:
+                state.best_val_loss = step_metrics[M.BEST_VAL_LOSS] = val_loss
+        if evaluate is not None and (last_step or (tc.eval_steps and state.step % tc.eval_steps == 0)):
+            set_train_mode(model, tc, False)
+            step_metrics.update(evaluate(state.step))
+            keep_best_now = True  # a benchmark score is worth keeping whenever it is measured
+        for name in (M.VAL_LOSS, *(k for k in step_metrics if k.startswith("eval/"))):
+            if name in step_metrics:
+                state.record(name, state.step, step_metrics[name])
+        score = step_metrics.get(tc.best_metric)
+        if keep_best_now and score is not None and _improves(tc.best_metric, score, state.best_score):
+            state.best_score = score
+            if dist.is_main:
+                save_best(run_dir, model, state.meta(**{"best_metric": tc.best_metric, tc.best_metric: score}))
         if dist.is_main:
             tracker.log_metrics(step_metrics, state.step)
         if M.VAL_LOSS in step_metrics and on_validation is not None:

@@ -201,10 +201,18 @@ class VisionLanguageModel(nn.Module):
                                   temperature=temperature if do_sample else None, top_p=top_p if do_sample else None,
                                   top_k=None, eos_token_id=stop_token_ids(tok), pad_token_id=tok.pad_token_id,
                                   bos_token_id=None, suppress_tokens=[self.image_token_id])
-        # Blocks compiled for training have static shapes; a growing KV cache would recompile them every token.
-        with torch.compiler.set_stance("force_eager"):
-            embeds = self.embed(input_ids, images)
-            return self.lm.generate(inputs_embeds=embeds, attention_mask=attention_mask, generation_config=config)
+        # Blocks compiled for training have static shapes (a growing KV cache would recompile them every
+        # token), and training's attention kernel may be FlexAttention, made for packed rows: generate eagerly
+        # with SDPA.
+        training_attention = self.lm.config._attn_implementation
+        try:
+            if training_attention == "flex_attention":
+                self.lm.set_attn_implementation("sdpa")
+            with torch.compiler.set_stance("force_eager"):
+                embeds = self.embed(input_ids, images)
+                return self.lm.generate(inputs_embeds=embeds, attention_mask=attention_mask, generation_config=config)
+        finally:
+            self.lm.set_attn_implementation(training_attention)
 
     # ---------------------------------------------------------------- counting
 

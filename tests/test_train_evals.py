@@ -1,0 +1,48 @@
+"""Benchmarks inside training runs: scores logged at their steps, the best checkpoint by a benchmark score."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from evals.fixtures import write_all
+from experiments.runner import run_experiment
+from nanovlm import metrics as M
+from nanovlm.config import ConfigError
+from test_runner import _cfg, _client, _uri
+
+
+def _history(tmp_path, run_id: str, key: str) -> list[tuple[int, float]]:
+    return [(m.step, m.value) for m in _client(tmp_path).get_metric_history(run_id, key)]
+
+
+def test_benchmarks_every_n_steps_pick_the_best_checkpoint(tmp_path):
+    fixtures = tmp_path / "evalfix"
+    write_all(fixtures)
+    best = M.eval_name("mmstar", "average")
+    cfg = _cfg(tmp_path, eval_tasks="synthetic,mmstar", eval_steps=2, eval_limit=12, eval_data_dir=str(fixtures),
+               best_metric=best, max_steps=6, run_name="bench")
+    result = run_experiment(cfg, tracking_uri=_uri(tmp_path))
+
+    scores = _history(tmp_path, result.run_id, best)
+    assert [step for step, _ in scores] == [2, 4, 6]  # every eval_steps, the last step included
+    assert [s for s, _ in _history(tmp_path, result.run_id, M.eval_name("synthetic", "overall"))] == [2, 4, 6]
+    assert [s for s, _ in _history(tmp_path, result.run_id, M.eval_name("synthetic_blind", "overall"))] == [2, 4, 6]
+    # the best checkpoint is the first step with the highest score (ties keep the earlier one)
+    top = max(value for _, value in scores)
+    meta = json.loads((result.best_checkpoint / "meta.json").read_text())
+    assert meta["best_metric"] == best and meta[best] == top
+    assert meta["step"] == next(step for step, value in scores if value == top)
+    assert result.metrics[best] == scores[-1][1]
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"eval_tasks": "mmstr"}, "did you mean 'mmstar'"),
+    ({"eval_tasks": "synthetic", "best_metric": "eval/mmstar/average"}, "not a score of --eval_tasks"),
+    ({"eval_tasks": "mmstar", "eval_data_dir": "/nonexistent"}, "no mmstar.parquet there"),
+])
+def test_bad_benchmark_settings_fail_before_training(tmp_path, changes, message):
+    with pytest.raises(ConfigError, match=message):
+        run_experiment(_cfg(tmp_path, **changes), tracking_uri=_uri(tmp_path))
+    assert not list((tmp_path / "runs").glob("*/checkpoints"))
