@@ -192,7 +192,8 @@ def train(model: Any, train_set: Any, val_set: Any, cfg: ExperimentConfig, track
         last_step = state.step == tc.max_steps
         validate_now = last_step or state.step % tc.validation_steps == 0 or state.step % tc.eval_interval == 0
         save_now = last_step or state.step % tc.save_checkpoint_steps == 0
-        if not (validate_now or save_now or state.step % tc.log_interval == 0):
+        evaluate_now = evaluate is not None and (last_step or (tc.eval_steps and state.step % tc.eval_steps == 0))
+        if not (validate_now or evaluate_now or save_now or state.step % tc.log_interval == 0):
             continue
 
         # Read the steps since the last read: one host sync for all of them.
@@ -224,15 +225,14 @@ def train(model: Any, train_set: Any, val_set: Any, cfg: ExperimentConfig, track
             step_metrics[M.VAL_LOSS] = val_loss
             if keep_best_now and val_loss < state.best_val_loss:
                 state.best_val_loss = step_metrics[M.BEST_VAL_LOSS] = val_loss
-        if evaluate is not None and (last_step or (tc.eval_steps and state.step % tc.eval_steps == 0)):
+        if evaluate_now:
             set_train_mode(model, tc, False)
             step_metrics.update(evaluate(state.step))
-            keep_best_now = True  # a benchmark score is worth keeping whenever it is measured
         for name in (M.VAL_LOSS, *(k for k in step_metrics if k.startswith("eval/"))):
             if name in step_metrics:
                 state.record(name, state.step, step_metrics[name])
-        score = step_metrics.get(tc.best_metric)
-        if keep_best_now and score is not None and _improves(tc.best_metric, score, state.best_score):
+        score = step_metrics.get(tc.best_metric)  # a benchmark score is worth keeping whenever it is measured
+        if (keep_best_now or tc.best_metric.startswith("eval/")) and score is not None and _improves(tc.best_metric, score, state.best_score):
             state.best_score = score
             if dist.is_main:
                 save_best(run_dir, model, state.meta(**{"best_metric": tc.best_metric, tc.best_metric: score}))

@@ -22,6 +22,7 @@ def test_benchmarks_every_n_steps_pick_the_best_checkpoint(tmp_path):
     write_all(fixtures)
     best = M.eval_name("mmstar", "average")
     cfg = _cfg(tmp_path, eval_tasks="synthetic,mmstar", eval_steps=2, eval_limit=12, eval_data_dir=str(fixtures),
+               log_interval=5, validation_steps=5, eval_interval=5, save_checkpoint_steps=5,  # only evaluations read
                best_metric=best, max_steps=6, run_name="bench")
     result = run_experiment(cfg, tracking_uri=_uri(tmp_path))
 
