@@ -3,6 +3,8 @@
     mean([1.0, 0.0, 1.0])                                         # 0.667: lmms-eval's "mean"
     mmstar_scores(categories, l2_categories, item_scores)         # {"coarse perception": .., "average": ..}
     mme_scores(categories, question_ids, item_scores)             # perception / cognition totals + per task
+    mean_stderr([1.0, 0.0, 1.0])                                  # 0.333: lmms-eval's stderr of a "mean"
+    clt_stderr([1.0, 0.0, 1.0])                                   # lmms-eval's `<metric>_stderr_clt`
 
 Sums run over the items in dataset order, and groups in order of first appearance, as the
 reference code does, so the floating-point results agree to the last bit.
@@ -10,6 +12,7 @@ reference code does, so the floating-point results agree to the last bit.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 # MMStar's 6 categories x 3 sub-axes (lmms-eval mmstar/utils.py::eval_type_dict), for display order
@@ -33,6 +36,30 @@ MME_COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_transla
 def mean(values: Sequence[float]) -> float:
     """lmms-eval's `mean` aggregation: sum / count (NaN for no values rather than an error)."""
     return sum(values) / len(values) if values else float("nan")
+
+
+def mean_stderr(values: Sequence[float]) -> float | None:
+    """lmms-eval's `mean_stderr`, the standard error it reports for a metric aggregated by `mean`:
+    the sample standard deviation (n - 1 in the denominator) over sqrt(n). None (lmms-eval: "N/A")
+    for fewer than 2 values."""
+    n = len(values)
+    if n < 2:
+        return None
+    mu = sum(values) / n
+    return math.sqrt(sum((x - mu) ** 2 for x in values) / (n - 1)) / math.sqrt(n)
+
+
+def clt_stderr(values: Sequence[float]) -> float | None:
+    """lmms-eval's `<metric>_stderr_clt` (0.7.x, every metric whatever its aggregation): the item
+    scores' sample standard deviation (numpy, ddof=1) over sqrt(n); None ("N/A") below 2 items.
+    For a metric that is not a plain mean of its items it is the standard error of that mean,
+    in item units, not of the metric."""
+    import numpy as np
+
+    n = len(values)
+    if n < 2:
+        return None
+    return float(np.std(np.asarray(values, dtype=float), ddof=1) / np.sqrt(n))
 
 
 def group(keys: Sequence[Any], values: Sequence[float]) -> dict[Any, list[float]]:

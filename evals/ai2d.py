@@ -36,6 +36,7 @@ class AI2D(Task):
     columns: tuple[str, ...] = ("question", "options", "answer")
     post_prompt: str = POST_PROMPT
     primary: str = "exact_match"
+    mean_metrics: tuple[str, ...] = ("exact_match",)  # aggregation: mean
     schema_hint: str = "AI2D's schema: image, question, options (list), answer (index as text)"
 
     def rule(self) -> str:

@@ -30,6 +30,7 @@ class ChartQA(Task):
     columns: tuple[str, ...] = ("type", "question", "answer")
     post_prompt: str = POST_PROMPT
     primary: str = "relaxed_overall"
+    mean_metrics: tuple[str, ...] = ("relaxed_overall", "relaxed_human_split", "relaxed_augmented_split")
     schema_hint: str = "ChartQA's schema: type (human_test / augmented_test), question, answer, image"
 
     def rule(self) -> str:
@@ -41,15 +42,18 @@ class ChartQA(Task):
     def judge(self, row: dict[str, Any], answer: str) -> Scored:
         return Scored(float(relaxed_correct(answer.strip(), row["answer"])), answer.strip(), row["answer"])
 
-    def aggregate(self, rows: Sequence[dict[str, Any]], scored: Sequence[Scored]) -> dict[str, float]:
+    def metric_items(self, rows: Sequence[dict[str, Any]], scored: Sequence[Scored]) -> dict[str, list[float]]:
         human = [s.score for r, s in zip(rows, scored) if r["type"] == "human_test"]
         augmented = [s.score for r, s in zip(rows, scored) if r["type"] != "human_test"]
-        out = {"relaxed_overall": mean([s.score for s in scored])}
+        out = {"relaxed_overall": [s.score for s in scored]}
         if human:  # lmms-eval has no value for a split without items
-            out["relaxed_human_split"] = mean(human)
+            out["relaxed_human_split"] = human
         if augmented:
-            out["relaxed_augmented_split"] = mean(augmented)
+            out["relaxed_augmented_split"] = augmented
         return out
+
+    def aggregate(self, rows: Sequence[dict[str, Any]], scored: Sequence[Scored]) -> dict[str, float]:
+        return {name: mean(items) for name, items in self.metric_items(rows, scored).items()}
 
 
 TASK = ChartQA()

@@ -4,10 +4,13 @@
     python -m evals.mmstar CKPT [--data PATH_OR_HUB_ID] [--out DIR] [--batch_size N] [--limit N]
                                 [--max_new_tokens N] [--legacy_extract] [--tracking_uri URI]
                                 [--num_workers N] [--device cuda] [--threads N] [--no_tracking] [--no_progress]
+                                [--revision COMMIT] [--no_resume]
 
 For each task: a table on stdout, and results.json + predictions.jsonl in <out>/<task>/ (default
 out: beside the checkpoint, <checkpoint's folder>/evals/<checkpoint name>); then the scores go to the
 MLflow run that trained the checkpoint (see evals/mlflow_log.py), unless --no_tracking.
+predictions.jsonl is written item by item; rerunning the same command after a kill resumes from
+the items there (evals/resume.py), unless --no_resume.
 """
 
 from __future__ import annotations
@@ -52,6 +55,12 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracking_uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
     parser.add_argument("--no_tracking", action="store_true", help="do not log to MLflow")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no_resume", action="store_true",
+                        help="generate every item again, even when predictions.jsonl holds items of the same "
+                             "evaluation (default: resume from them)")
+    parser.add_argument("--revision", action="append", default=[], metavar="[TASK=]REV",
+                        help="the hub dataset's revision (commit hash, branch, tag) instead of the task's pinned one "
+                             "(lmms-eval's, or none); TASK=REV for one task of several; repeatable")
 
 
 def add_task_options(parser: argparse.ArgumentParser, tasks: Sequence[Task]) -> None:
@@ -65,6 +74,20 @@ def with_options(task: Task, args: argparse.Namespace) -> Task:
     if hasattr(task, "legacy_extract") and getattr(args, "legacy_extract", False):
         return task.with_options(legacy_extract=True)
     return task
+
+
+def revisions(values: Sequence[str], tasks: Sequence[Task]) -> dict[str, str]:
+    """--revision values -> {task name: revision}: REV applies to every task, TASK=REV to one."""
+    from evals.registry import get_task
+
+    out: dict[str, str] = {}
+    for value in values:
+        name, sep, rev = value.partition("=")
+        if sep and rev:
+            out[get_task(name).name] = rev
+        else:
+            out.update({t.name: value for t in tasks})
+    return out
 
 
 def load_model(checkpoint: str, device: str | None, threads: int | None = None) -> Any:
@@ -84,11 +107,17 @@ def run_tasks(model: Any, checkpoint: str, plan: Sequence[tuple[Task, str | None
     log all scores to MLflow once."""
     from evals.mlflow_log import checkpoint_meta
 
+    from evals.resume import checkpoint_identity
+
     results, out_dirs, meta = [], {}, checkpoint_meta(checkpoint)
+    revision = revisions(getattr(args, "revision", []) or [], [t for t, _, _ in plan])
+    model_id = checkpoint_identity(checkpoint)
     for task, source, out in plan:
-        data = load_task_data(task, source, args.limit)
+        data = load_task_data(task, source, args.limit, revision=revision.get(task.name))
         result = evaluate_task(model, task, data, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                               num_workers=args.num_workers, progress=not args.no_progress)
+                               num_workers=args.num_workers, progress=not args.no_progress,
+                               predictions_path=Path(out) / "predictions.jsonl", model_id=model_id,
+                               resume=not getattr(args, "no_resume", False))
         out_dirs[task.name] = write_task_result(result, out, checkpoint, extra={"checkpoint_meta": meta})
         print(format_table(result), flush=True)
         print(f"  -> {out}/results.json, predictions.jsonl", flush=True)

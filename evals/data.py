@@ -53,14 +53,15 @@ def _local(path: str, split: str) -> Any:
     return datasets.load_dataset("parquet", data_files=files, split="train")
 
 
-def _hub(name: str, config: str | None, split: str) -> Any:
+def _hub(name: str, config: str | None, split: str, revision: str | None = None) -> Any:
     import datasets
 
     try:
-        return datasets.load_dataset(name, config, split=split)
+        return datasets.load_dataset(name, config, split=split, revision=revision)
     except (OSError, ValueError) as err:  # offline, unknown repo or split: datasets raises these
         first = str(err).splitlines()[0] if str(err) else ""
-        raise DataError(f"could not load {name!r} (config {config}, split {split!r}) from the Hugging Face hub "
+        at = f", revision {revision}" if revision else ""
+        raise DataError(f"could not load {name!r} (config {config}, split {split!r}{at}) from the Hugging Face hub "
                         f"({type(err).__name__}: {first}). Offline? Pass --data with a local copy (a parquet file "
                         f"or folder, or a save_to_disk folder)") from err
 
@@ -135,13 +136,15 @@ class EvalData:
     fingerprint: str
     total_rows: int  # before --limit
     file_hashes: dict[str, str] = field(default_factory=dict)
+    revision: str | None = None  # the hub dataset's commit asked for (None: the default branch, or local data)
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def describe(self) -> dict[str, Any]:
         return {"source": self.source, "config": self.config, "split": self.split, "rows": len(self.rows),
-                "total_rows": self.total_rows, "fingerprint": self.fingerprint, "sha256": self.file_hashes}
+                "total_rows": self.total_rows, "fingerprint": self.fingerprint, "sha256": self.file_hashes,
+                "revision": self.revision}
 
 
 def _sha256(path: Path) -> str:
@@ -161,10 +164,11 @@ def _local_files(path: str) -> list[Path]:
 
 def load_eval_data(source: str, *, split: str, columns: Sequence[str], image_columns: Sequence[str] = ("image",),
                    config: str | None = None, limit: int | None = None, task: str = "benchmark",
-                   schema_hint: str = "") -> EvalData:
-    """Load, check the columns (a missing one is an error naming it), keep images encoded."""
+                   schema_hint: str = "", revision: str | None = None) -> EvalData:
+    """Load, check the columns (a missing one is an error naming it), keep images encoded.
+    `revision` (a hub dataset's commit, branch or tag) applies to hub sources only."""
     local = os.path.exists(source)
-    ds = _local(source, split) if local else _hub(source, config, split)
+    ds = _local(source, split) if local else _hub(source, config, split, revision)
     needed = list(dict.fromkeys([*columns, *image_columns]))
     missing = [c for c in needed if c not in ds.column_names]
     if missing:
@@ -179,4 +183,5 @@ def load_eval_data(source: str, *, split: str, columns: Sequence[str], image_col
     hashes = {f.name: _sha256(f) for f in _local_files(source)} if local else {}
     return EvalData(source=str(Path(source).resolve()) if local else source, split=split, config=config, rows=rows,
                     images=RowImages(ds, image_columns), image_counts=_image_counts(ds, image_columns),
-                    fingerprint=fingerprint, total_rows=total, file_hashes=hashes)
+                    fingerprint=fingerprint, total_rows=total, file_hashes=hashes,
+                    revision=None if local else revision)

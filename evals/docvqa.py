@@ -32,6 +32,7 @@ class DocVQA(Task):
     max_new_tokens: int = 32
     post_prompt: str = POST_PROMPT
     primary: str = "anls"
+    mean_metrics: tuple[str, ...] = ("anls",)  # aggregation: mean
     schema_hint: str = "DocVQA's schema: questionId, question, image, answers (list of strings)"
 
     def rule(self) -> str:

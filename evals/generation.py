@@ -13,7 +13,7 @@ its slot holds `Failed(reason)`, so callers count and list it instead of losing 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from PIL import Image
@@ -71,13 +71,15 @@ def image_count(images: Any) -> int:
 @torch.inference_mode()
 def generate(model: Any, questions: Sequence[str], images: Sequence[Any], *, counts: Sequence[int] | None = None,
              batch_size: int = 32, max_new_tokens: int = 16, num_workers: int = 0,
-             progress: Any = None) -> list[str | Failed]:
+             progress: Any = None, on_batch: Callable[[list[tuple[int, str | Failed]]], None] | None = None
+             ) -> list[str | Failed]:
     """Greedy replies (whitespace-stripped) to `questions`, in their order; `Failed` where the
     item's images could not be read.
 
     `counts[i]` is the number of images of item i (default: `len(images[i])`, which reads them
     in this process; pass counts to leave all reading to the workers). `progress` is anything
-    with `update(n)` (a tqdm bar).
+    with `update(n)` (a tqdm bar). `on_batch` is called after each batch with its (position,
+    reply or Failed) pairs, as they become known (for writing results as they come).
     """
     if len(questions) != len(images):
         raise ValueError(f"{len(questions)} questions but {len(images)} image lists")
@@ -102,6 +104,8 @@ def generate(model: Any, questions: Sequence[str], images: Sequence[Any], *, cou
                                  batch["images"].to(device, non_blocking=True), max_new_tokens=max_new_tokens)
             for i, ids in zip(batch["rows"], new):
                 outputs[i] = tok.decode(ids, skip_special_tokens=True).strip()
+        if on_batch is not None:
+            on_batch([(i, outputs[i]) for i, _ in batch["failed"]] + [(i, outputs[i]) for i in batch["rows"]])
         if progress is not None:
             progress.update(len(batch["rows"]) + len(batch["failed"]))
     return outputs

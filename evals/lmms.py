@@ -114,6 +114,19 @@ def scores_of(results: dict[str, Any], lmms_task: str) -> dict[str, float]:
     return out
 
 
+def stderrs_of(results: dict[str, Any], lmms_task: str, suffix: str = "_stderr") -> dict[str, float | None]:
+    """A task's standard errors from lmms-eval's results ("<metric><suffix>,filter" keys; "N/A" ->
+    None) for the metrics with a numeric score (TextVQA's `submission` has none); suffix "_stderr"
+    (lmms-eval's stderr_for_metric) or "_stderr_clt"."""
+    scored = scores_of(results, lmms_task)
+    out: dict[str, float | None] = {}
+    for key, value in results["results"].get(lmms_task, {}).items():
+        metric = key.partition(",")[0]
+        if "," in key and metric.endswith(suffix) and metric[:-len(suffix)] in scored:
+            out[metric[:-len(suffix)]] = float(value) if isinstance(value, (int, float)) else None
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m evals.lmms", description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint")
@@ -148,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     summary = {task: scores_of(results, lmms_task) for task, lmms_task in results["task_names"].items()}
     (out / "lmms_results.json").write_text(json.dumps(json_safe({
         "checkpoint": args.checkpoint, "task_names": results["task_names"], "scores": summary,
+        "stderr": {t: stderrs_of(results, lt) for t, lt in results["task_names"].items()},
+        "stderr_clt": {t: stderrs_of(results, lt, "_stderr_clt") for t, lt in results["task_names"].items()},
         "results": results.get("results"), "versions": results.get("versions"),
         "samples": {t: [{"doc_id": s.get("doc_id"), "target": s.get("target"), "resps": s.get("resps"),
                          "filtered_resps": s.get("filtered_resps")} for s in v]

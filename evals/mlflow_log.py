@@ -4,8 +4,11 @@
 
 Metric names come from `nanovlm.metrics.eval_name`, with names made MLflow-safe (MLflow rejects
 "&"): eval/mmstar/average, eval/mmstar/science_technology, eval/mmstar/accuracy,
-eval/mmstar/failed, eval/mme/mme_perception_score, ... The step is the checkpoint's training step
-(from its meta.json), so evaluations of several checkpoints of one run draw a curve.
+eval/mmstar/failed, eval/mme/mme_perception_score, ... Standard errors go beside their score:
+eval/<task>/<score>_stderr (lmms-eval's; none where it reports N/A, as for MMStar's, MME's and
+OCRBench's task-specific aggregations), and there eval/<task>/<score>_stderr_clt (lmms-eval's
+standard error of the mean of the score's items); eval/<task>/accuracy_stderr. The step is the
+checkpoint's training step (from its meta.json), so evaluations of several checkpoints of one run draw a curve.
 
 The training run is found by the `run_id` in the checkpoint's meta.json, in the store at
 `tracking_uri` (default: `nanovlm.tracking.default_tracking_uri()`, where training logs too).
@@ -67,9 +70,21 @@ def log_results(results: Sequence[TaskResult], checkpoint: str, out_dirs: dict[s
                 tracking_uri: str | None = None, experiment: str = EXPERIMENT) -> str:
     """Log the tasks' scores, accuracy and failed count (and their results folders as artifacts
     under evals/<task>); return the run id."""
-    scores = {r.task: {**r.scores, "accuracy": r.accuracy, "failed": float(r.counts["failed"])} for r in results}
+    scores = {r.task: {**r.scores, "accuracy": r.accuracy, "failed": float(r.counts["failed"]), **stderr_scores(r)}
+              for r in results}
     return log_scores(scores, checkpoint, out_dirs, tracking_uri=tracking_uri, experiment=experiment,
                       datasets=[eval_input(r.data) for r in results if r.data.get("fingerprint")])
+
+
+def stderr_scores(result: TaskResult) -> dict[str, float]:
+    """<score>_stderr where lmms-eval reports one; <score>_stderr_clt where it reports N/A but a CLT
+    standard error (the mean of the score's items'); accuracy_stderr."""
+    out = {f"{k}_stderr": v for k, v in result.stderr.items() if v is not None}
+    out.update({f"{k}_stderr_clt": v for k, v in result.stderr_clt.items()
+                if v is not None and result.stderr.get(k) is None})
+    if result.accuracy_stderr is not None:
+        out["accuracy_stderr"] = result.accuracy_stderr
+    return out
 
 
 def eval_input(data: dict[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from evals.aggregate import mme_scores
+from evals.aggregate import MME_PERCEPTION, mme_scores
 from evals.task import Scored, Task
 from evals.vqa_metrics import mme_gold, mme_yes_no
 
@@ -53,6 +53,13 @@ class MME(Task):
         scores, _ = mme_scores([r["category"] for r in rows], [r["question_id"] for r in rows],
                                [s.score for s in scored])
         return scores
+
+    def metric_items(self, rows: Sequence[dict[str, Any]], scored: Sequence[Scored]) -> dict[str, list[float]]:
+        # process_results gives each item to the perception or the cognition score
+        perception = [s.score for r, s in zip(rows, scored) if r["category"] in MME_PERCEPTION]
+        cognition = [s.score for r, s in zip(rows, scored) if r["category"] not in MME_PERCEPTION]
+        return {**({"mme_perception_score": perception} if perception else {}),
+                **({"mme_cognition_score": cognition} if cognition else {})}
 
     def breakdown(self, rows: Sequence[dict[str, Any]], scored: Sequence[Scored]) -> dict[str, Any]:
         _, per_task = mme_scores([r["category"] for r in rows], [r["question_id"] for r in rows],

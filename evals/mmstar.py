@@ -9,7 +9,8 @@ the given choices directly" (no final period), one image, in the LM's chat templ
 read by lmms-eval's multiple-choice extractor (evals/mcq_extract.py); an answer with no letter is
 wrong and is recorded as such. Scores: each sub-axis (l2_category) is a mean; a category is the
 mean of its sub-axes; `average` is the mean over the 18 sub-axes (what lmms-eval reports, not
-plain accuracy, which is reported beside it).
+plain accuracy, which is reported beside it). lmms-eval reports no standard error for these
+(task-specific aggregation: "N/A", recorded as null); its `_stderr_clt` (the item mean's) is kept.
 """
 
 from __future__ import annotations
@@ -61,6 +62,13 @@ class MMStar(Task):
         scores, _ = mmstar_scores([r["category"] for r in rows], [r["l2_category"] for r in rows],
                                   [s.score for s in scored])
         return scores
+
+    def metric_items(self, rows: Sequence[dict[str, Any]], scored: Sequence[Scored]) -> dict[str, list[float]]:
+        # process_results gives each item to its category's metric and to "average"
+        out: dict[str, list[float]] = {}
+        for row, s in zip(rows, scored):
+            out.setdefault(row["category"], []).append(s.score)
+        return {**out, "average": [s.score for s in scored]}
 
     def breakdown(self, rows: Sequence[dict[str, Any]], scored: Sequence[Scored]) -> dict[str, Any]:
         _, l2 = mmstar_scores([r["category"] for r in rows], [r["l2_category"] for r in rows],

@@ -4,7 +4,8 @@
     text = strip_reasoning("<think>hmm</think> B", REASONING_TAGS)  # -> "B"
 
 1. Generation stops at the task's stop strings (`until`; lmms-eval's default is the few-shot
-   delimiter "\\n\\n", TextVQA adds "ASSISTANT:"): the text is cut at the first one.
+   delimiter "\\n\\n", used only by tasks whose yaml sets no `until`; TextVQA sets "ASSISTANT:"
+   alone): the text is cut at the first one.
 2. The `lmms-eval` command line removes reasoning blocks (`--reasoning_tags`, default
    <think>...</think> and <analysis>...</analysis>) after the task's filters, before scoring.
 3. Each task's scoring strips surrounding whitespace (done by the task modules).

@@ -10,13 +10,13 @@ are rewritten (`best`) or rotated away, and evaluations should outlive that.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
 from typing import Any, Sequence
 
 from evals.harness import REFERENCE, TaskResult, harness_info
+from evals.resume import json_safe, write_lines
 from nanovlm.files import write_json
 
 
@@ -27,31 +27,25 @@ def default_out_dir(checkpoint: str) -> Path:
     return Path("evals_out") / re.sub(r"[^\w.-]+", "_", checkpoint)  # a hub id
 
 
-def json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # JSON has no NaN
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
-
-
 def write_task_result(result: TaskResult, out_dir: str | Path, checkpoint: str,
                       extra: dict[str, Any] | None = None) -> Path:
-    """results.json (scores, settings, provenance) and predictions.jsonl (one line per item)."""
+    """results.json (scores, standard errors, settings, provenance) and predictions.jsonl (one line
+    per item, in data order; evals/resume.py describes the lines)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "results.json", json_safe({"harness": harness_info(), "reference": REFERENCE,
                                                 "checkpoint": checkpoint, **(extra or {}), **result.summary()}))
-    with open(out / "predictions.jsonl", "w") as fh:
-        for p in result.predictions:
-            fh.write(json.dumps(json_safe(p), default=str) + "\n")
+    write_lines(out / "predictions.jsonl", result.predictions)
     return out
 
 
 def _fmt(value: float) -> str:
     return "nan" if isinstance(value, float) and math.isnan(value) else f"{value:.4f}"
+
+
+def _pm(stderr: float | None) -> str:
+    """" ± 0.0123" (lmms-eval's standard error), or "" where it reports none."""
+    return "" if stderr is None or (isinstance(stderr, float) and math.isnan(stderr)) else f" ± {stderr:.4f}"
 
 
 def format_table(result: TaskResult) -> str:
@@ -62,8 +56,11 @@ def format_table(result: TaskResult) -> str:
     names = [*result.scores, *(k for table in result.breakdown.values() for k in table)]
     width = max([len(str(k)) for k in names] + [24])
     for name, value in result.scores.items():
-        lines.append(f"  {name:<{width}}  {_fmt(value)}")
-    lines.append(f"  {'accuracy (plain mean)':<{width}}  {_fmt(result.accuracy)}")
+        lines.append(f"  {name:<{width}}  {_fmt(value)}{_pm(result.stderr.get(name))}")
+    lines.append(f"  {'accuracy (plain mean)':<{width}}  {_fmt(result.accuracy)}{_pm(result.accuracy_stderr)}")
+    na = [name for name in result.scores if result.stderr.get(name) is None]
+    if na and result.stderr:
+        lines.append(f"  (no standard error for {', '.join(na)}: lmms-eval reports N/A for its aggregation)")
     for title, table in result.breakdown.items():
         lines.append(f"  by {title}:")
         for name, value in table.items():

@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> list[TaskResult]:
     print(format_summary(results))
     write_json(out / "summary.json", json_safe({
         "harness": harness_info(), "reference": REFERENCE, "checkpoint": args.checkpoint,
-        "tasks": {r.task: {"scores": r.scores, "accuracy": r.accuracy, "counts": r.counts,
+        "tasks": {r.task: {"scores": r.scores, "stderr": r.stderr, "accuracy": r.accuracy, "counts": r.counts,
                            "items_per_s": r.items_per_s, "results": str(out / r.task / "results.json")}
                   for r in results}}))
     print(f"-> {out}/summary.json")

@@ -39,6 +39,7 @@ class ScienceQAImg(Task):
     columns: tuple[str, ...] = ("question", "choices", "answer", "hint")
     post_prompt: str = POST_PROMPT
     primary: str = "exact_match"
+    mean_metrics: tuple[str, ...] = ("exact_match",)  # aggregation: mean
     schema_hint: str = "ScienceQA's schema: image, question, choices (list), answer (index), hint"
 
     def rule(self) -> str:

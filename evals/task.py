@@ -7,10 +7,18 @@ answer is scored and how item scores become the benchmark's scores.
         def prompt(self, row): return row["question"] + "\\nAnswer briefly."
         def judge(self, row, answer): return Scored(float(answer == row["answer"]), answer, row["answer"])
         def aggregate(self, rows, scored): return {"exact_match": mean([s.score for s in scored])}
+        mean_metrics = ("exact_match",)   # aggregated by lmms-eval's `mean`: stderr = mean_stderr
 
 One module per benchmark (evals/mmstar.py, evals/textvqa.py, ...) defines a subclass and `TASK`;
 `evals/harness.py` runs any of them the same way. Prompts, rules and metric names follow
 lmms-eval 0.7.3's task of the same name (its `lmms_eval_specific_kwargs: default`).
+
+Standard errors are lmms-eval 0.7.3's (`api/metrics.py::stderr_for_metric`): a metric aggregated
+by the registered `mean` gets `mean_stderr` (sample std, n - 1, over sqrt(n)); a task-specific
+aggregation function (MMStar's, MME's, OCRBench's) gets none: lmms-eval reports "N/A", recorded
+here as None. None of these tasks uses a bootstrapped aggregation (median, f1, bleu, ...). Beside
+it, lmms-eval 0.7.x reports `<metric>_stderr_clt` for every metric: the standard error of the
+mean of the metric's item scores (`stderr_clt`).
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from evals.aggregate import clt_stderr, mean_stderr
 from evals.postprocess import DEFAULT_STOP, REASONING_TAGS, strip_reasoning
 
 
@@ -39,15 +48,17 @@ class Task:
     lmms_task: str = ""            # lmms-eval's task of the same definition
     hub_id: str = ""
     hub_config: str | None = None
+    revision: str | None = None    # the hub dataset's commit lmms-eval's yaml pins (None: it pins none)
     split: str = "test"
     columns: tuple[str, ...] = ()  # text columns the task reads
     image_columns: tuple[str, ...] = ("image",)
     id_column: str = ""
     max_new_tokens: int = 16       # lmms-eval's value where the task sets one, else 16
-    stop: tuple[str, ...] = DEFAULT_STOP
+    stop: tuple[str, ...] = DEFAULT_STOP  # lmms-eval's `until`: the yaml's, else ("\n\n",)
     post_prompt: str = ""
     primary: str = ""              # the headline score
     schema_hint: str = ""          # what the data should look like, for error messages
+    mean_metrics: tuple[str, ...] = ()  # metrics lmms-eval aggregates with `mean` (they get mean_stderr)
 
     def with_options(self, **options: Any) -> "Task":
         """A copy with task options changed (e.g. MMStar's legacy_extract)."""
@@ -75,6 +86,23 @@ class Task:
         """lmms-eval's metrics, by lmms-eval's names."""
         raise NotImplementedError
 
+    def metric_items(self, rows: Sequence[dict[str, Any]], scored: Sequence[Scored]) -> dict[str, list[float]]:
+        """The item scores each lmms-eval metric is aggregated over (lmms-eval's per-metric
+        items). By default every metric covers every item; tasks whose process_results gives a
+        metric only some items (a category, a split) override this."""
+        return {name: [s.score for s in scored] for name in self.aggregate(rows, scored)}
+
+    def stderr(self, rows: Sequence[dict[str, Any]], scored: Sequence[Scored]) -> dict[str, float | None]:
+        """lmms-eval's `<metric>_stderr` for each metric: mean_stderr of its items when lmms-eval
+        aggregates it with `mean`, else None (lmms-eval's "N/A": no stderr for a task function)."""
+        return {name: mean_stderr(items) if name in self.mean_metrics else None
+                for name, items in self.metric_items(rows, scored).items()}
+
+    def stderr_clt(self, rows: Sequence[dict[str, Any]], scored: Sequence[Scored]) -> dict[str, float | None]:
+        """lmms-eval's `<metric>_stderr_clt`: the standard error of the mean of each metric's item
+        scores (for a metric that is not that mean, e.g. MMStar's average, in item units)."""
+        return {name: clt_stderr(items) for name, items in self.metric_items(rows, scored).items()}
+
     def breakdown(self, rows: Sequence[dict[str, Any]], scored: Sequence[Scored]) -> dict[str, Any]:
         """Finer scores worth a table (sub-axes, subtasks, splits); not lmms-eval metrics."""
         return {}
@@ -85,6 +113,7 @@ class Task:
 
     def describe(self) -> dict[str, Any]:
         return {"task": self.name, "lmms_eval_task": self.lmms_task, "hub_id": self.hub_id,
-                "hub_config": self.hub_config, "split": self.split, "post_prompt": self.post_prompt,
+                "hub_config": self.hub_config, "revision": self.revision, "split": self.split,
+                "post_prompt": self.post_prompt,
                 "stop": list(self.stop), "reasoning_tags": [list(t) for t in REASONING_TAGS],
                 "rule": self.rule(), "primary": self.primary}

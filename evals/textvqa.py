@@ -4,8 +4,9 @@
     python -m evals.textvqa CKPT --data textvqa.parquet
 
 Prompt: the question with `str.capitalize()` (first letter upper, the rest lower, as lmms-eval
-does), then "\\nAnswer the question using a single word or phrase."; generation also stops at
-"ASSISTANT:". Scoring: the answer and the 10 annotators' answers are normalised as the official
+does), then "\\nAnswer the question using a single word or phrase."; generation stops at
+"ASSISTANT:" only (lmms-eval's `until` for the task; not at "\\n\\n", so "stop\\n\\nThe sign is red."
+is scored whole, as lmms-eval does). Scoring: the answer and the 10 annotators' answers are normalised as the official
 VQA evaluation does (evals/vqa_metrics.py); accuracy = the mean over the 10 leave-one-out subsets of
 min(1, matches / 3). Score: `exact_match`, the mean over items.
 """
@@ -16,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from evals.aggregate import mean
-from evals.postprocess import DEFAULT_STOP
 from evals.task import Scored, Task
 from evals.vqa_metrics import normalize_vqa_answer, vqa_accuracy
 
@@ -31,9 +31,11 @@ class TextVQA(Task):
     split: str = "validation"
     columns: tuple[str, ...] = ("question_id", "question", "answers")
     id_column: str = "question_id"
-    stop: tuple[str, ...] = ("ASSISTANT:", *DEFAULT_STOP)
+    # lmms-eval's textvqa template sets `until: ["ASSISTANT:"]`, so its default "\n\n" does not apply
+    stop: tuple[str, ...] = ("ASSISTANT:",)
     post_prompt: str = POST_PROMPT
     primary: str = "exact_match"
+    mean_metrics: tuple[str, ...] = ("exact_match",)  # aggregation: mean
     schema_hint: str = "TextVQA's schema: question_id, question, image, answers (10 strings)"
 
     def rule(self) -> str:

@@ -19,6 +19,10 @@ sample length):
   `--vision_encoder` swapped does not lend its score to the preset's row;
 - an architecture that was trained or evaluated but never profiled gets a row of its own, with the
   parameter counts its run logged, if any.
+- a score is shown with its standard error, "0.351 ± 0.012", where the run logged
+  `eval/<task>/<score>_stderr` (lmms-eval's); MMStar's average, for which lmms-eval reports none
+  (N/A), shows its `_stderr_clt` instead, with a footnote saying so; the MMStar plot draws them as
+  error bars; the CSV has a `<metric>_stderr` column beside each score (and MMStar's `_stderr_clt`).
 Every empty cell has a footnote that says why (not profiled, profile failed and its error, no
 score logged, MFU only on CUDA, ...): a cell is measured or empty, never estimated.
 """
@@ -41,10 +45,13 @@ from reports import names as N
 from reports.profile import DEFAULT_ROWS, PROFILE_KIND, RUN_KIND_TAG
 
 MMSTAR = M.eval_name("mmstar", "average")
+STDERR, STDERR_CLT = "_stderr", "_stderr_clt"  # suffixes of a score's standard errors (evals/mlflow_log.py)
+MMSTAR_CLT_NOTE = ("± for MMStar is lmms-eval's `average_stderr_clt`, the standard error of the mean of the item "
+                   "scores: lmms-eval reports no `average_stderr` (N/A) for MMStar's mean of sub-axis means.")
 DEFAULT_EXPERIMENTS = (N.EXPERIMENT, N.TRAINING_EXPERIMENT, N.EVAL_EXPERIMENT)
 DEFAULT_EVALS = ("eval/*",)
-# `failed` is a count of items without a usable answer, not a score.
-DEFAULT_EVAL_EXCLUDE = ("eval/*/failed",)
+# `failed` is a count of items without a usable answer, not a score; standard errors go beside their scores.
+DEFAULT_EVAL_EXCLUDE = ("eval/*/failed", f"eval/*/*{STDERR}", f"eval/*/*{STDERR_CLT}")
 
 # Display names of the backbones the project knows; anything else shows its id or folder name.
 DISPLAY_NAMES = {
@@ -255,6 +262,14 @@ def _significant(x: float, digits: int = 3) -> str:
     return f"{x:.{decimals}f}"
 
 
+def _with_stderr(value: float, stderr: float | None) -> str:
+    """"31.2" alone, or "0.351 ± 0.012": decimals to the standard error's second significant digit."""
+    if stderr is None or not math.isfinite(stderr):
+        return f"{value:.1f}"
+    decimals = 1 if stderr <= 0 else min(6, max(1, 1 - int(math.floor(math.log10(stderr)))))
+    return f"{value:.{decimals}f} ± {stderr:.{decimals}f}"
+
+
 def _short(run_id: Any) -> str:
     return f"`{str(run_id)[:8]}`"
 
@@ -375,10 +390,18 @@ def _format_row(row: Row, rows: list[Row], eval_metrics: list[str], notes: Footn
         cells.append(cell(None, "", (_value(run, "tags." + N.MFU_NOTE_TAG) or "MFU not recorded.") if profiled else None))
 
     for name in eval_metrics:
-        value = _value(row.evals.get(name), "metrics." + name)
-        record[name] = value
+        source = row.evals.get(name)
+        value = _value(source, "metrics." + name)
+        stderr = _value(source, "metrics." + name + STDERR)  # from the run that logged the score
+        record[name], record[name + STDERR] = value, stderr
         missing = f"No `{name}` logged by any run of this architecture in the experiments read."
-        cells.append(cell(value, f"{value:.1f}" if value is not None else "", missing))
+        text = _with_stderr(value, stderr) if value is not None else ""
+        if name == MMSTAR:
+            clt = _value(source, "metrics." + name + STDERR_CLT)
+            record[name + STDERR_CLT] = clt
+            if value is not None and stderr is None and clt is not None:
+                text = f"{_with_stderr(value, clt)} {note(MMSTAR_CLT_NOTE)}"
+        cells.append(cell(value, text, missing))
 
     eval_ids = list(dict.fromkeys(r["run_id"] for r in row.evals.values()))
     profile_run = row.profile if profiled else row.failed
@@ -417,7 +440,8 @@ def build_table(frame: pd.DataFrame, source_note: str = "", include: tuple[str, 
         remarks.append(f"{untagged} run(s) with evaluation metrics but no `preset` tag were not attributed to a row.")
     parts = ["## Model size comparison (measured)", ""] + [f"{r}  " for r in remarks] + ([""] if remarks else [])
     parts += lines + ["", notes.render(), ""]
-    csv = pd.DataFrame.from_records(records, columns=BASE_COLUMNS + eval_metrics + TAIL_COLUMNS)
+    score_columns = [c for m in eval_metrics for c in [m, m + STDERR] + ([m + STDERR_CLT] if m == MMSTAR else [])]
+    csv = pd.DataFrame.from_records(records, columns=BASE_COLUMNS + score_columns + TAIL_COLUMNS)
     counts = [f"{part}_params" for part in N.PARAM_PARTS] + ["image_tokens", "batch_size", "seq_len", "sample_len"]
     for column in counts:
         csv[column] = pd.to_numeric(csv[column]).round().astype("Int64")  # counts: integers, empty when missing
@@ -444,7 +468,18 @@ def plot_params_vs_mmstar(csv: pd.DataFrame, path: Path) -> Path:
     have = csv[csv["total_params"].notna() & csv[MMSTAR].notna()] if MMSTAR in csv else csv.iloc[0:0]
     # One point per architecture: rows of the same preset on two devices have the same score.
     have = have.drop_duplicates(subset=["preset", "total_params", MMSTAR])
-    ax.scatter(have["total_params"] / 1e6, have[MMSTAR], color="tab:blue")
+    # error bars: lmms-eval's standard error, else (MMStar's average has none) its CLT one
+    yerr, used = pd.Series(float("nan"), index=have.index), []
+    for column in (MMSTAR + STDERR_CLT, MMSTAR + STDERR):
+        values = pd.to_numeric(have[column], errors="coerce") if column in have else yerr * float("nan")
+        if values.notna().any():
+            used.append(column.rpartition("/")[2])
+        yerr = values.where(values.notna(), yerr)
+    ax.errorbar(have["total_params"] / 1e6, have[MMSTAR], yerr=yerr.fillna(0.0).to_numpy(), fmt="o",
+                color="tab:blue", ecolor="tab:blue", elinewidth=1, capsize=4)
+    if used:
+        ax.text(0.99, 0.99, f"error bars: ± 1 standard error (lmms-eval's {' / '.join(reversed(used))})",
+                transform=ax.transAxes, ha="right", va="top", fontsize=8, color="gray")
     for _, r in have.iterrows():
         ax.annotate(r["preset"], (r["total_params"] / 1e6, r[MMSTAR]), textcoords="offset points", xytext=(5, 4))
     missing = sorted(set(csv["preset"]) - set(have["preset"]))

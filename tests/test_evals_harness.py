@@ -167,11 +167,24 @@ def test_legacy_extract_option(fixture_dir):
 
 
 def test_stop_strings_cut_replies(fixture_dir):
-    data = load_task_data(get_task("textvqa"), str(fixture_dir / "textvqa.parquet"), limit=3)
+    # DocVQA's yaml sets no `until`: lmms-eval's default "\n\n" cuts the reply
+    data = load_task_data(get_task("docvqa"), str(fixture_dir / "docvqa.parquet"), limit=3)
     gold = data.rows[0]["answers"][0]
-    result = evaluate_task(StubModel(lambda _: f"{gold}\n\nbecause"), get_task("textvqa"), data, num_workers=0,
+    result = evaluate_task(StubModel(lambda _: f"{gold}\n\nbecause"), get_task("docvqa"), data, num_workers=0,
                            progress=False)
     assert result.predictions[0]["output"] == gold and result.predictions[0]["score"] == pytest.approx(1.0)
+
+
+def test_textvqa_stops_at_assistant_only(fixture_dir):
+    # TextVQA's yaml sets `until: ["ASSISTANT:"]`, so "\n\n" does not cut: the whole reply is scored
+    data = load_task_data(get_task("textvqa"), str(fixture_dir / "textvqa.parquet"), limit=3)
+    gold = data.rows[0]["answers"][0]
+    result = evaluate_task(StubModel(lambda _: f"{gold}\n\nThe sign is red."), get_task("textvqa"), data,
+                           num_workers=0, progress=False)
+    assert result.predictions[0]["output"] == f"{gold}\n\nThe sign is red." and result.predictions[0]["score"] == 0.0
+    cut = evaluate_task(StubModel(lambda _: f"{gold} ASSISTANT: more"), get_task("textvqa"), data, num_workers=0,
+                        progress=False)
+    assert cut.predictions[0]["output"] == f"{gold} " and cut.predictions[0]["score"] == pytest.approx(1.0)
 
 
 # ---------------------------------------------------------------- command lines, files, MLflow
@@ -218,12 +231,19 @@ def test_mmstar_command_end_to_end(tracked_checkpoint, fixture_dir, capsys):
     assert results["generation"]["max_new_tokens"] == 16 and results["generation"]["do_sample"] is False
     assert results["data"]["fingerprint"] and results["data"]["sha256"]["mmstar.parquet"]
     lines = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
-    assert len(lines) == 36 and set(lines[0]) == {"id", "output", "extracted", "gold", "score", "correct"}
+    assert len(lines) == 36 and set(lines[0]) == {"index", "id", "output", "extracted", "gold", "score", "correct"}
+    assert [x["index"] for x in lines] == list(range(36))  # data order
+    assert results["stderr"] == {k: None for k in results["scores"]}  # lmms-eval: N/A for MMStar's aggregation
+    assert results["stderr_clt"]["average"] is not None and results["accuracy_stderr"] is not None
+    assert results["data"]["revision"] is None and results["definition"]["revision"] is None
 
     run = MlflowClient(uri).get_run(run_id)
     assert run.info.status == "KILLED"  # the training run keeps its status
     assert run.data.metrics["eval/mmstar/average"] == pytest.approx(results["scores"]["average"])
     assert "eval/mmstar/science_technology" in run.data.metrics and "eval/mmstar/accuracy" in run.data.metrics
+    assert "eval/mmstar/average_stderr" not in run.data.metrics  # N/A in lmms-eval: not logged
+    assert run.data.metrics["eval/mmstar/average_stderr_clt"] == pytest.approx(results["stderr_clt"]["average"])
+    assert run.data.metrics["eval/mmstar/accuracy_stderr"] == pytest.approx(results["accuracy_stderr"])
     history = MlflowClient(uri).get_metric_history(run_id, "eval/mmstar/average")
     assert [m.step for m in history] == [7]
     artifacts = [a.path for a in MlflowClient(uri).list_artifacts(run_id, "evals/mmstar")]

@@ -55,6 +55,9 @@ def test_lmms_eval_scores_equal_the_native_harness(tmp_path, monkeypatch, capsys
         native = evaluate_task(stub, task, load_task_data(task, str(tmp_path / "fix" / f"{name}.parquet")),
                                batch_size=8, num_workers=0, progress=False)
         assert report["scores"][name] == pytest.approx(native.scores, rel=1e-12, abs=1e-12), name
+        # standard errors as lmms-eval reports them: mean_stderr, or N/A (None) for task aggregations
+        assert report["stderr"][name] == pytest.approx(native.stderr, rel=1e-9, abs=1e-12), name
+        assert report["stderr_clt"][name] == pytest.approx(native.stderr_clt, rel=1e-9, abs=1e-12), name
     mmstar = report["scores"]["mmstar"]
     assert 0 < mmstar["average"] < 1  # the stub's varied replies are sometimes right
     assert "mmstar (lmms-eval mmstar_local)" in capsys.readouterr().out
