@@ -17,6 +17,7 @@ from typing import Sequence
 from experiments.cli import add_config_flags, config_from_args, parse
 from experiments.presets import PRESETS, describe
 from nanovlm import backbones
+from nanovlm.checks import check_config, environment_error, user_errors
 from nanovlm.config import ConfigError, ExperimentConfig, flatten
 
 
@@ -28,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry_run", "--dry-run", action="store_true",
                         help="print the resolved config and parameter counts, then exit (no download)")
     parser.add_argument("--json", action="store_true", help="with --dry_run: print JSON")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error instead of its one-line message")
     parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="PATH",
                         help="resume the run: its latest checkpoint, or the checkpoint at PATH")
     add_config_flags(parser)
@@ -59,6 +62,8 @@ def _print_dry_run(info: dict) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit codes: 0 done, 2 a mistake in the input or a fault of the machine (one line on stderr:
+    `error: ...`; `--debug` shows the traceback instead), 130 interrupted."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     parser = build_parser()
     args = parse(parser, argv)
@@ -66,7 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("Presets:\n" + describe() + "\n\n" + backbones.describe())
         return 0
     try:
+        if args.json and not args.dry_run:
+            raise ConfigError("--json prints the --dry_run report as JSON: add --dry_run, or drop --json to train")
         cfg = config_from_args(args, args.preset)
+        check_config(cfg)  # before anything is built or an MLflow run is created
         if args.dry_run:
             info = dry_run(cfg)
             print(json.dumps(info, indent=2, default=str)) if args.json else _print_dry_run(info)
@@ -74,12 +82,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         from experiments.runner import run_experiment
 
         result = run_experiment(cfg, resume=args.resume)
-    except (ConfigError, backbones.BackboneUnavailable) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - sorted into the user's mistakes and bugs below
+        message = str(err) if isinstance(err, user_errors()) else environment_error(err)
+        if message is None or args.debug:
+            raise  # a bug: the traceback is what is needed
+        print(f"error: {_one_line(message)}", file=sys.stderr)
         return 2
     print(f"run {result.run_id} finished: {result.summary()}")
     _print_synthetic_table(result.metrics)
     return 0
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split()) or "(no message)"
 
 
 def _print_synthetic_table(metrics: dict[str, float]) -> None:

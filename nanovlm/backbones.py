@@ -102,12 +102,18 @@ def snapshot_dir(source: str) -> Path | None:
 
 
 def hub_call(source: str, fn: Callable[[], T], what: str) -> T:
-    """Run a loader that may need the hub; an unreachable hub becomes one actionable error."""
+    """Run a loader that may need the hub; an unreachable hub becomes one actionable error, and a local
+    path that does not exist (a typo) says so instead of blaming the hub."""
+    from nanovlm.checks import missing_local_path
+
     try:
         return fn()
     except (OSError, ValueError) as err:  # transformers/huggingface_hub raise OSError subclasses offline
         if os.path.isdir(source):
             raise
+        missing = missing_local_path(source)
+        if missing:
+            raise ConfigError(f"no such file or directory: {missing} (the {what} of {source!r})") from err
         raise BackboneUnavailable(
             f"could not load the {what} of {source!r} from the Hugging Face hub ({type(err).__name__}: "
             f"{str(err).splitlines()[0] if str(err) else ''}). Offline? Pass a local directory laid out like "

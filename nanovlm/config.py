@@ -23,47 +23,59 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    vision_encoder: str = _f("siglip", "vision encoder: a registry key (see --list), hub id or local path")
-    dinov3_model: str = _f("vits16plus", "DINOv3 size when vision_encoder=dinov3: vits16, vits16plus, vitb16, vitl16")
-    language_model: str = _f("smollm", "language model: a registry key (see --list), hub id or local path")
-    image_size: int = _f(0, "input resolution in pixels; 0 = the encoder's own (from its preprocessor config)")
-    pixel_shuffle_factor: int = _f(0, "projector pixel-shuffle factor; 0 = derived from image_tokens")
-    image_tokens: int = _f(64, "image tokens per image after the projector (used when pixel_shuffle_factor=0)")
-    image_token: str = _f("<|image|>", "placeholder token added to the LM vocabulary, repeated image_tokens times")
+    vision_encoder: str = _f("siglip", "vision encoder: a registry key (see --list), hub id or local path",
+                              nonempty=True)
+    dinov3_model: str = _f("vits16plus", "DINOv3 size when vision_encoder=dinov3: vits16, vits16plus, vitb16, vitl16",
+                            nonempty=True)
+    language_model: str = _f("smollm", "language model: a registry key (see --list), hub id or local path",
+                              nonempty=True)
+    image_size: int = _f(0, "input resolution in pixels; 0 = the encoder's own (from its preprocessor config)",
+                         min=0)
+    pixel_shuffle_factor: int = _f(0, "projector pixel-shuffle factor; 0 = derived from image_tokens", min=0)
+    image_tokens: int = _f(64, "image tokens per image after the projector (used when pixel_shuffle_factor=0)",
+                           min=1)
+    image_token: str = _f("<|image|>", "placeholder token added to the LM vocabulary, repeated image_tokens times",
+                          nonempty=True)
     random_init: bool = _f(False, "random weights at real size from the bundled hub configs: no download")
     tiny: bool = _f(False, "use the tiny offline stand-in of each backbone family (built locally on first use)")
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = _f("synthetic", "'synthetic', a hub id (the_cauldron/FineVision schema) or a local path")
+    dataset: str = _f("synthetic", "'synthetic', a hub id (the_cauldron/FineVision schema) or a local path",
+                       nonempty=True)
     subsets: str = _f("", "comma-separated dataset subsets (hub configs), '' = the default one")
     streaming: bool = _f(False, "stream a hub dataset instead of downloading it")
-    train_samples: int = _f(2000, "synthetic: number of training examples; others: cap (0 = all)")
-    val_samples: int = _f(200, "held-out validation examples")
-    max_length: int = _f(512, "max tokens per sample and per packed row (longer samples are skipped and counted)")
-    num_workers: int = _f(-1, "DataLoader worker processes decoding images; -1 = 4 on CUDA, 0 on CPU")
-    max_skip_fraction: float = _f(0.1, "stop with an error when more than this fraction of samples is unreadable")
+    train_samples: int = _f(2000, "synthetic: number of training examples; others: cap (0 = all)", min=0)
+    val_samples: int = _f(200, "held-out validation examples", min=1)
+    max_length: int = _f(512, "max tokens per sample and per packed row (longer samples are skipped and counted)",
+                        min=16)
+    num_workers: int = _f(-1, "DataLoader worker processes decoding images; -1 = 4 on CUDA, 0 on CPU",
+                         min=-1)
+    max_skip_fraction: float = _f(0.1, "stop with an error when more than this fraction of samples is unreadable",
+                                  min=0, max=1)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    lr_mp: float = _f(0.00512, "learning rate of the modality projector (trained from scratch, so high)")
-    lr_backbones: float = _f(5e-05, "learning rate of both backbones; 0 freezes them")
-    lr_vision: float = _f(-1.0, "vision encoder learning rate; -1 = lr_backbones, 0 = frozen")
-    lr_language: float = _f(-1.0, "language model learning rate; -1 = lr_backbones, 0 = frozen")
+    lr_mp: float = _f(0.00512, "learning rate of the modality projector (trained from scratch, so high)", min=0)
+    lr_backbones: float = _f(5e-05, "learning rate of both backbones; 0 freezes them", min=0)
+    lr_vision: float = _f(-1.0, "vision encoder learning rate; -1 = lr_backbones, 0 = frozen", min=0,
+                         special_values=(-1,), special="or -1 = lr_backbones")
+    lr_language: float = _f(-1.0, "language model learning rate; -1 = lr_backbones, 0 = frozen", min=0,
+                           special_values=(-1,), special="or -1 = lr_backbones")
     freeze_vision_encoder: bool = _f(False, "freeze the vision encoder (Locked-image Text tuning)")
-    batch_size: int = _f(2, "rows per device per micro-step (a row is one sample, or several when packing)")
+    batch_size: int = _f(2, "rows per device per micro-step (a row is one sample, or several when packing)", min=1)
     packing: bool = _f(True, "pack samples first-fit into rows of max_length tokens (attention stays per sample)")
-    gradient_accumulation_steps: int = _f(32, "micro-steps per optimizer step", aliases=("grad_accum",))
-    max_steps: int = _f(5000, "optimizer steps", aliases=("max_training_steps",))
-    warmup_ratio: float = _f(0.03, "fraction of max_steps of linear warmup before the cosine decay")
-    weight_decay: float = _f(0.0, "AdamW weight decay")
-    max_grad_norm: float = _f(1.0, "gradient clipping norm; 0 disables clipping")
-    validation_steps: int = _f(500, "compute the validation loss every N steps")
-    eval_interval: int = _f(500, "every N steps, keep the checkpoint with the best validation loss")
-    save_checkpoint_steps: int = _f(1000, "write a resumable checkpoint every N steps")
-    keep_checkpoints: int = _f(2, "resumable checkpoints to keep (plus the best)")
+    gradient_accumulation_steps: int = _f(32, "micro-steps per optimizer step", aliases=("grad_accum",), min=1)
+    max_steps: int = _f(5000, "optimizer steps", aliases=("max_training_steps",), min=1)
+    warmup_ratio: float = _f(0.03, "fraction of max_steps of linear warmup before the cosine decay", min=0, max=1)
+    weight_decay: float = _f(0.0, "AdamW weight decay", min=0)
+    max_grad_norm: float = _f(1.0, "gradient clipping norm; 0 disables clipping", min=0)
+    validation_steps: int = _f(500, "compute the validation loss every N steps", min=1)
+    eval_interval: int = _f(500, "every N steps, keep the checkpoint with the best validation loss", min=1)
+    save_checkpoint_steps: int = _f(1000, "write a resumable checkpoint every N steps", min=1)
+    keep_checkpoints: int = _f(2, "resumable checkpoints to keep (plus the best)", min=1)
     compile: str = _f("auto", "torch.compile each transformer block: auto (on CUDA), true or false",
                       choices=("auto", "true", "false"))
     attention: str = _f("auto", "attention kernel of the LM while training: auto (flex_attention on CUDA: packed rows "
@@ -76,8 +88,9 @@ class TrainConfig:
                                 "offline ones); '' = each task's hub dataset")
     best_metric: str = _f("val/loss", "metric that picks the best checkpoint: val/loss (lower is better) or an "
                                       "eval/<task>/<score> of eval_tasks (higher is better)")
-    log_interval: int = _f(10, "read the step's numbers back from the device and log them every N steps")
-    seed: int = _f(0, "random seed (weights of new parts, data order)")
+    log_interval: int = _f(10, "read the step's numbers back from the device and log them every N steps",
+                         min=1)
+    seed: int = _f(0, "random seed (weights of new parts, data order)", min=0)
     device: str = _f("auto", "auto, cpu or cuda")
 
 
@@ -85,8 +98,8 @@ class TrainConfig:
 class ExperimentConfig:
     preset: str = _f("default", "name of the preset this config came from")
     run_name: str = _f("", "MLflow run name and output folder name; '' = derived from preset and overrides")
-    experiment: str = _f("nanovlm", "MLflow experiment name")
-    output_dir: str = _f("runs", "where run folders (checkpoints, results) are written")
+    experiment: str = _f("nanovlm", "MLflow experiment name", nonempty=True)
+    output_dir: str = _f("runs", "where run folders (checkpoints, results) are written", nonempty=True)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

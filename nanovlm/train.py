@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from nanovlm import metrics as M
+from nanovlm.checks import too_many_skipped
 from nanovlm.checkpoint import TrainerState, load_training_checkpoint, save_best, save_training_checkpoint
 from nanovlm.config import ConfigError, ExperimentConfig, to_dict
 from nanovlm.data.collate import ResumableSampler
@@ -174,7 +175,7 @@ def train(model: Any, train_set: Any, val_set: Any, cfg: ExperimentConfig, track
             batch = next(train_batches)
             state.samples_seen += batch["consumed"]
             state.skipped += batch["skipped"]
-            if state.skipped > cfg.data.max_skip_fraction * state.samples_seen:
+            if too_many_skipped(state.skipped, state.samples_seen, cfg.data.max_skip_fraction):
                 raise TooManySkipped(f"{state.skipped} of {state.samples_seen} samples were unreadable or longer than "
                                      f"max_length={cfg.data.max_length} (limit: max_skip_fraction="
                                      f"{cfg.data.max_skip_fraction})")

@@ -31,7 +31,7 @@ from nanovlm.backbones import BackboneUnavailable
 from nanovlm.config import ConfigError, field_index
 from sweeps import space as S
 from sweeps.storage import StorageError
-from sweeps.study import PRUNERS, SAMPLERS, SweepError, SweepSettings, run_sweep
+from sweeps.study import PRUNERS, SAMPLERS, SweepError, SweepSettings, run_sweep, user_error_message
 
 log = logging.getLogger("sweeps")
 
@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a trial without a heartbeat for this long (its worker died) is failed and retried")
     g.add_argument("--max_retry", "--max-retry", type=int, default=3, help="retries of a dead worker's trial")
     g.add_argument("--dry_run", "--dry-run", action="store_true", help="print the resolved sweep and exit")
+    g.add_argument("--debug", action="store_true", help="show the traceback of an error instead of its one-line message")
     add_config_flags(parser)
     return parser
 
@@ -131,7 +132,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         run_sweep(settings)
     except (SweepError, S.SpaceError, StorageError, ConfigError, BackboneUnavailable) as err:
+        if args.debug:
+            raise
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # a trial's user error (data, store, disk) stops the sweep with its one line
+        message = user_error_message(err)
+        if message is None or args.debug:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: the running trial is marked failed; rerun the same command to resume", file=sys.stderr)

@@ -54,6 +54,7 @@ import optuna
 from experiments.runner import default_run_name, run_experiment
 from nanovlm import dashboard as D
 from nanovlm import metrics as M
+from nanovlm.checks import check_config, environment_error, user_errors
 from nanovlm.config import ExperimentConfig, override
 from nanovlm.data.synthetic import QUESTION_TYPES
 from nanovlm.tracking import MLflowTracker, default_tracking_uri
@@ -74,6 +75,8 @@ TAG_STUDY = "sweep.study_name"
 TAG_TRIAL = "sweep.trial_number"
 TAG_STATE = "sweep.trial_state"  # COMPLETE, PRUNED, FAIL (Optuna's names)
 TAG_RETRIED_FROM = "sweep.retried_from"
+TAG_FAIL_REASON = "sweep.fail_reason"  # the one-line reason a trial failed on a user error
+ATTR_FAIL_REASON = "fail_reason"  # the same on the Optuna trial
 PARENT_WAIT_S = 120  # how long a worker waits for the study's creator to make the parent run
 
 SAMPLERS = ("tpe", "random", "grid")
@@ -83,6 +86,12 @@ PRUNABLE_METRICS = (M.VAL_LOSS, M.BEST_VAL_LOSS)  # what a trial reports at each
 
 class SweepError(ValueError):
     """A sweep that cannot start as asked; raised before any trial runs."""
+
+
+def user_error_message(err: BaseException) -> str | None:
+    """One line for an error that is the user's to fix (config, data, stores, disk), None for a bug."""
+    message = str(err) if isinstance(err, user_errors()) else environment_error(err)
+    return " ".join(message.split()) if message is not None else None
 
 
 def known_metrics(cfg: ExperimentConfig) -> list[str]:
@@ -144,6 +153,7 @@ class SweepSettings:
         for name in list(self.space) + list(self.fixed):
             S.check_name(name)
         check_metric(self.metric, self.base)
+        check_config(override(self.base, self.fixed))  # what every trial shares, as `experiments.run` checks it
         self.direction = self.direction or default_direction(self.metric)
         if self.direction not in ("minimize", "maximize"):
             raise SweepError(f"--direction must be minimize or maximize, got {self.direction!r}")
@@ -362,6 +372,7 @@ class _Objective:
         self.settings = settings
         self.parent_run_id = parent_run_id
         self.current: int | None = None  # the number of the trial in progress
+        self.abort: BaseException | None = None  # a user error that would fail every trial: stops the sweep
         self.client = MlflowClient(tracking_uri=settings.tracking_uri)
         self.prunes = settings.pruner != "none"
         self.reports = settings.metric in PRUNABLE_METRICS  # intermediate values: validation losses
@@ -432,6 +443,17 @@ class _Objective:
             log.info("trial %d diverged, counted as pruned: %s", trial.number, e)
             self._end_run(trial, run_name, link, tags, "PRUNED", reason=f"diverged: {e}")
             raise optuna.TrialPruned(f"diverged: {e}") from e
+        except Exception as e:
+            reason = user_error_message(e)
+            self._end_run(trial, run_name, link, tags, "FAIL", reason=reason or f"{type(e).__name__}: {e}")
+            if reason is None:
+                raise  # a bug: its traceback is what is needed
+            # A mistake in the input (config, data, store, disk) would fail every trial the same way: this
+            # trial ends FAIL with the reason (NaN tells Optuna so without a traceback) and the sweep stops.
+            log.error("trial %d failed: %s", trial.number, reason)
+            trial.set_user_attr(ATTR_FAIL_REASON, reason[:1000])
+            self.abort = e
+            return float("nan")
         except BaseException:
             self._end_run(trial, run_name, link, tags, "FAIL")
             raise
@@ -448,7 +470,8 @@ class _Objective:
                  reason: str = "") -> None:
         """Record the Optuna state on the trial's MLflow run; a pruned run ends KILLED (stopped on purpose)."""
         try:
-            extra = {**tags, TAG_STATE: state, **({"sweep.pruned_reason": reason[:500]} if reason else {})}
+            key = TAG_FAIL_REASON if state == "FAIL" else "sweep.pruned_reason"
+            extra = {**tags, TAG_STATE: state, **({key: reason[:500]} if reason else {})}
             self._link(trial, run_name, link, extra)
             if state == "PRUNED" and link.get("run_id"):
                 self.client.set_terminated(link["run_id"], status="KILLED")
@@ -547,6 +570,8 @@ def _run(settings: SweepSettings, study: optuna.Study, created: bool, target: in
             except KeyboardInterrupt:  # Ctrl-C or SIGTERM (a preempted job): the trial is FAIL; run it again later
                 _requeue(study, objective.current, settings.max_retry)
                 raise
+            if objective.abort is not None:  # the next trial would fail the same way
+                raise objective.abort
             report.log_best(parent, study, settings)
         report_dir = objective.output_dir / "report"
         objective.reconcile(study)

@@ -11,6 +11,7 @@ collator as `data/skipped`) instead of crashing a worker.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import io
 import os
@@ -20,8 +21,9 @@ from typing import Any
 import torch
 from PIL import Image
 
+from nanovlm.checks import looks_local
 from nanovlm.config import ConfigError, DataConfig
-from nanovlm.data.processors import encode_conversation
+from nanovlm.data.processors import clean_turns, encode_conversation
 
 REQUIRED_COLUMNS = ("images", "texts")
 
@@ -42,18 +44,69 @@ def check_columns(columns: list[str], where: str) -> None:
 
 
 def _load_local(path: str, streaming: bool) -> Any:
+    """A local dataset; an empty one, or files that are not what their names say, are one-line errors."""
     import datasets
 
     if os.path.isdir(path) and any(os.path.exists(os.path.join(path, f)) for f in ("state.json", "dataset_dict.json")):
-        ds = datasets.load_from_disk(path)
+        if _saved_without_data(path):  # `datasets` itself fails on these with an IndexError
+            raise ConfigError(f"dataset {path}: the save_to_disk folder holds 0 rows")
+        try:
+            ds = datasets.load_from_disk(path)
+        except Exception as err:  # noqa: BLE001 - a broken folder is the user's to fix, whatever `datasets` raises
+            raise ConfigError(f"dataset {path}: not a readable save_to_disk folder ({type(err).__name__}: "
+                              f"{_first_line(err)})") from err
         if isinstance(ds, datasets.DatasetDict):
+            if not ds:
+                raise ConfigError(f"dataset {path}: the save_to_disk folder holds no splits")
             ds = ds["train"] if "train" in ds else next(iter(ds.values()))
+        if len(ds) == 0:
+            raise ConfigError(f"dataset {path}: the save_to_disk folder holds 0 rows")
         return ds.to_iterable_dataset() if streaming else ds
-    if path.endswith(".parquet") or os.path.isdir(path):
-        files = path if path.endswith(".parquet") else os.path.join(path, "**", "*.parquet")
-        return datasets.load_dataset("parquet", data_files=files, split="train", streaming=streaming)
-    raise ConfigError(f"dataset path {path!r}: expected a .parquet file, a folder of parquet files or a "
-                      f"save_to_disk folder")
+    if os.path.isdir(path):
+        files = sorted(glob.glob(os.path.join(path, "**", "*.parquet"), recursive=True))
+        if not files:
+            found = sorted(os.listdir(path))
+            shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "") if found else "nothing"
+            raise ConfigError(f"dataset folder {path} holds no .parquet files and is not a save_to_disk folder "
+                              f"(found: {shown})")
+    elif path.endswith(".parquet"):
+        files = [path]
+    else:
+        raise ConfigError(f"dataset path {path!r}: expected a .parquet file, a folder of parquet files or a "
+                          f"save_to_disk folder")
+    if parquet_rows(files) == 0:
+        raise ConfigError(f"dataset {path}: 0 rows in {len(files)} parquet file(s)")
+    data_files = path if path.endswith(".parquet") else os.path.join(path, "**", "*.parquet")
+    return datasets.load_dataset("parquet", data_files=data_files, split="train", streaming=streaming)
+
+
+def _saved_without_data(path: str) -> bool:
+    """A save_to_disk folder of an empty Dataset: its state.json lists no data files."""
+    import json
+
+    try:
+        with open(os.path.join(path, "state.json")) as f:
+            return json.load(f).get("_data_files") == []
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def parquet_rows(files: list[str]) -> int:
+    """Total rows, read from the files' footers; a file that is not parquet is a one-line error."""
+    import pyarrow.parquet as pq
+
+    total = 0
+    for name in files:
+        try:
+            total += pq.ParquetFile(name).metadata.num_rows
+        except Exception as err:  # noqa: BLE001 - ArrowInvalid, OSError: the file is not what it claims
+            raise ConfigError(f"{name} is not a readable parquet file ({_first_line(err)})") from err
+    return total
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else type(err).__name__
 
 
 def _load_hub(name: str, subsets: list[str], streaming: bool) -> Any:
@@ -75,8 +128,11 @@ def load_splits(cfg: DataConfig, seed: int, image_size: int = 64) -> Splits:
         digest = hashlib.sha256(f"synthetic:{len(records)}:{seed}:{image_size}".encode()).hexdigest()[:16]
         return Splits(records[cfg.val_samples:], records[: cfg.val_samples], digest, "synthetic")
     subsets = [s for s in cfg.subsets.split(",") if s]
-    if os.path.exists(cfg.dataset):
-        ds = _load_local(cfg.dataset, cfg.streaming)
+    local = os.path.expanduser(cfg.dataset)
+    if os.path.exists(local):
+        ds = _load_local(local, cfg.streaming)
+    elif looks_local(cfg.dataset):  # a typo in a path, not a hub id: say so instead of blaming the network
+        raise ConfigError(f"no such file or directory: {local} (--dataset)")
     else:
         ds = _load_hub(cfg.dataset, subsets, cfg.streaming)
     check_columns(list(ds.column_names or REQUIRED_COLUMNS), cfg.dataset)
@@ -89,7 +145,8 @@ def load_splits(cfg: DataConfig, seed: int, image_size: int = 64) -> Splits:
                       f"stream:{cfg.dataset}:{cfg.subsets}", cfg.dataset)
     ds = _raw_images(ds)
     if len(ds) <= cfg.val_samples:
-        raise ConfigError(f"dataset {cfg.dataset} has {len(ds)} rows, not more than val_samples={cfg.val_samples}")
+        raise ConfigError(f"dataset {cfg.dataset} has {len(ds)} rows, not more than val_samples={cfg.val_samples}: "
+                          f"lower --val_samples or use more data")
     split = ds.train_test_split(test_size=cfg.val_samples, seed=seed, shuffle=True)
     train = split["train"]
     if cfg.train_samples and cfg.train_samples < len(train):
@@ -108,42 +165,76 @@ def _raw_images(ds: Any) -> Any:
 
 
 def decode_image(item: Any) -> Image.Image:
-    """A PIL image from whatever a dataset row holds: PIL, {"bytes", "path"}, bytes or a path."""
+    """A PIL image from whatever a dataset row holds: PIL, {"bytes", "path"}, bytes or a path.
+
+    Raises one of UNREADABLE for a missing, unreadable, truncated or oversized (decompression bomb) image.
+    """
+    if item is None:
+        raise ValueError("no image (None)")
     if isinstance(item, Image.Image):
         image = item
     elif isinstance(item, dict):
-        image = Image.open(io.BytesIO(item["bytes"])) if item.get("bytes") else Image.open(item["path"])
+        if item.get("bytes"):
+            image = Image.open(io.BytesIO(item["bytes"]))
+        elif item.get("path"):
+            image = Image.open(item["path"])
+        else:
+            raise ValueError("an image entry with neither bytes nor path")
     elif isinstance(item, (bytes, bytearray)):
         image = Image.open(io.BytesIO(item))
-    else:
+    elif isinstance(item, (str, os.PathLike)):
         image = Image.open(item)
+    else:
+        raise ValueError(f"cannot read an image from a {type(item).__name__}")
     image.load()  # decode now: a truncated file fails here, not later
     return image.convert("RGB")
 
 
+# PIL's errors for unreadable/truncated/unknown files, and images over its pixel limit (decompression bombs).
+UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+
 class SampleProcessor:
-    """A record -> model inputs: chat-formatted token ids, answer-only labels, image tensors."""
+    """A record -> model inputs: chat-formatted token ids, answer-only labels, image tensors.
+
+    Returns None (the sample is skipped and counted) for a bad row: no or unreadable images (None,
+    corrupt, truncated, over PIL's decompression-bomb limit), malformed texts (None, bytes, missing
+    turns), a sample longer than max_length, or image-token slots that do not match its images.
+    """
 
     def __init__(self, tokenizer: Any, transform: Any, image_placeholder: str, max_length: int):
         self.tokenizer, self.transform = tokenizer, transform
         self.image_placeholder, self.max_length = image_placeholder, max_length
+        # The placeholder is one added token repeated once per image token.
+        placeholder_ids = tokenizer(image_placeholder, add_special_tokens=False)["input_ids"]
+        if not placeholder_ids or len(set(placeholder_ids)) != 1:
+            raise ValueError(f"the image placeholder {image_placeholder[:40]!r}... is not one repeated token")
+        self.image_token_id, self.tokens_per_image = placeholder_ids[0], len(placeholder_ids)
+        self.image_token = tokenizer.convert_ids_to_tokens(self.image_token_id)
 
     @classmethod
     def for_model(cls, model: Any, max_length: int) -> "SampleProcessor":
         return cls(model.tokenizer, model.arch.transform, model.image_placeholder, max_length)
 
     def __call__(self, record: dict[str, Any]) -> dict[str, torch.Tensor] | None:
-        try:
-            images = [self.transform(decode_image(x)) for x in record["images"]]
-        except (OSError, ValueError, SyntaxError):  # PIL's errors for unreadable/truncated files
+        if not isinstance(record, dict):
             return None
-        turns = record["texts"]
-        if not images or not turns:
+        raw_images = record.get("images")
+        if not isinstance(raw_images, (list, tuple)) or not raw_images:
+            return None
+        turns = clean_turns(record.get("texts"), self.image_token)
+        if turns is None:
+            return None
+        try:
+            images = [self.transform(decode_image(x)) for x in raw_images]
+        except UNREADABLE:
             return None
         # one placeholder block per image, in front of the first question
         ids, labels = encode_conversation(self.tokenizer, turns, self.image_placeholder * len(images))
         if len(ids) > self.max_length:
             return None
+        if ids.count(self.image_token_id) != len(images) * self.tokens_per_image:
+            return None  # the text changed the image slots (e.g. a token that merges with the placeholder)
         return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "pixel_values": torch.stack(images)}
 
 

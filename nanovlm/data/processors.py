@@ -105,6 +105,28 @@ def _render(tok: Any, messages: list[dict[str, str]], add_generation_prompt: boo
     return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
+def clean_turns(turns: Any, image_token: str) -> list[dict[str, str]] | None:
+    """The_cauldron `texts` as a list of {"user", "assistant"} strings, or None when the row is malformed
+    (not a list, no turns, a turn that is not a mapping, a missing/None/non-string text: bytes included).
+
+    The image placeholder token is removed from the text: only the processor decides how many image
+    slots a prompt has, so a question that quotes `<|image|>` can neither add nor remove one.
+    """
+    if not isinstance(turns, (list, tuple)) or not turns:
+        return None
+    out = []
+    for turn in turns:
+        if not isinstance(turn, dict):
+            return None
+        user, assistant = turn.get("user"), turn.get("assistant")
+        if not isinstance(user, str) or not isinstance(assistant, str):
+            return None
+        if image_token:
+            user, assistant = user.replace(image_token, ""), assistant.replace(image_token, "")
+        out.append({"user": user, "assistant": assistant})
+    return out
+
+
 def encode_conversation(tok: Any, turns: list[dict[str, str]], image_placeholder: str) -> tuple[list[int], list[int]]:
     """Token ids and labels of a conversation; labels are IGNORE_INDEX except on assistant replies.
 
