@@ -119,7 +119,7 @@ def _plot_losses(history: dict[str, list[list[float]]], path: Path) -> Path:
 
 
 def run_experiment(cfg: ExperimentConfig, resume: str | None = None, parent_run_id: str | None = None,
-                   tracking_uri: str | None = None, on_validation: Callable[[int, float], None] | None = None) -> RunResult:
+                   tracking_uri: str | None = None, on_validation: Callable[[int, dict[str, float]], None] | None = None) -> RunResult:
     torch.manual_seed(cfg.train.seed)
     device = pick_device(cfg.train.device)
     dist = Dist.from_env(device.type)

@@ -121,11 +121,12 @@ def _improves(metric: str, value: float, best: float | None) -> bool:
 
 def train(model: Any, train_set: Any, val_set: Any, cfg: ExperimentConfig, tracker: Tracker | None = None,
           run_dir: str | Path = "runs/debug", resume_from: str | Path | None = None, dist: Dist = Dist(),
-          on_validation: Callable[[int, float], None] | None = None,
+          on_validation: Callable[[int, dict[str, float]], None] | None = None,
           evaluate: Callable[[int], dict[str, float]] | None = None) -> TrainerState:
-    """Train until cfg.train.max_steps; `on_validation(step, val_loss)` may stop the run by raising
-    (a sweep's pruner does). `evaluate(step)` -> {eval/<task>/<score>: value} runs the benchmarks
-    every `eval_steps` and at the last step, on every rank (the runner builds it from `evals`)."""
+    """Train until cfg.train.max_steps. `evaluate(step)` -> {eval/<task>/<score>: value} runs the
+    benchmarks every `eval_steps` and at the last step, on every rank (the runner builds it from
+    `evals`). `on_validation(step, metrics)` gets the step's metrics after each validation or
+    evaluation and may stop the run by raising (a sweep's pruner does)."""
     tc = cfg.train
     tracker = tracker or NullTracker()
     run_dir = Path(run_dir)
@@ -239,8 +240,8 @@ def train(model: Any, train_set: Any, val_set: Any, cfg: ExperimentConfig, track
                 save_best(run_dir, model, state.meta(**{"best_metric": tc.best_metric, tc.best_metric: score}))
         if dist.is_main:
             tracker.log_metrics(step_metrics, state.step)
-        if M.VAL_LOSS in step_metrics and on_validation is not None:
-            on_validation(state.step, step_metrics[M.VAL_LOSS])
+        if (validate_now or evaluate_now) and on_validation is not None:
+            on_validation(state.step, step_metrics)
         if save_now:
             state.positions = dist.all_gather_object(state.samples_seen)
             if dist.is_main:

@@ -84,6 +84,13 @@ PRUNERS = ("auto", "median", "hyperband", "none")
 PRUNABLE_METRICS = (M.VAL_LOSS, M.BEST_VAL_LOSS)  # what a trial reports at each validation
 
 
+def prunable(metric: str, direction: str, eval_steps: int) -> bool:
+    """Metrics a trial reports while it trains: validation losses (minimised) and benchmark scores
+    when the trials evaluate every --eval_steps (maximised; otherwise only the final score exists)."""
+    return (metric in PRUNABLE_METRICS and direction == "minimize") or (
+        metric.startswith("eval/") and direction == "maximize" and eval_steps > 0)
+
+
 class SweepError(ValueError):
     """A sweep that cannot start as asked; raised before any trial runs."""
 
@@ -97,10 +104,17 @@ def user_error_message(err: BaseException) -> str | None:
 def known_metrics(cfg: ExperimentConfig) -> list[str]:
     """The metrics a trial's RunResult carries, i.e. what a sweep can optimise."""
     names = [M.VAL_LOSS, M.BEST_VAL_LOSS, M.TRAIN_LOSS]
-    if cfg.data.dataset == "synthetic":  # the runner evaluates held-out questions only on synthetic data
+    tasks = [t.strip() for t in cfg.train.eval_tasks.split(",") if t.strip()]
+    if cfg.data.dataset == "synthetic" and "synthetic" in tasks:  # held-out questions exist on synthetic data only
         for task in ("synthetic", "synthetic_blind"):
             names += [M.eval_name(task, kind) for kind in (*QUESTION_TYPES, "overall")]
     return names
+
+
+def _benchmark_metric(metric: str, cfg: ExperimentConfig) -> bool:
+    """eval/<task>/<score> of a benchmark in --eval_tasks (its score names come from the task at run time)."""
+    tasks = {t.strip() for t in cfg.train.eval_tasks.split(",")} - {"synthetic", ""}
+    return metric.count("/") == 2 and metric.startswith("eval/") and metric.split("/")[1] in tasks
 
 
 def default_direction(metric: str) -> str:
@@ -109,7 +123,7 @@ def default_direction(metric: str) -> str:
 
 def check_metric(metric: str, cfg: ExperimentConfig) -> None:
     valid = known_metrics(cfg)
-    if metric not in valid:
+    if metric not in valid and not _benchmark_metric(metric, cfg):
         import difflib
 
         close = difflib.get_close_matches(metric, valid, n=3, cutoff=0.5)
@@ -163,13 +177,13 @@ class SweepSettings:
             raise SweepError(f"--grid_points must be at least 1, got {self.grid_points}")
         if self.pruner not in PRUNERS:
             raise SweepError(f"--pruner must be one of {', '.join(PRUNERS)}, got {self.pruner!r}")
-        prunable = self.metric in PRUNABLE_METRICS and self.direction == "minimize"
+        reported = prunable(self.metric, self.direction, self.base.train.eval_steps)
         if self.pruner == "auto":
-            self.pruner = "median" if prunable else "none"
-        elif self.pruner != "none" and not prunable:
-            raise SweepError(f"--pruner {self.pruner} compares the validation loss a trial reports at each "
-                             f"validation, so it needs --metric {M.VAL_LOSS} (minimize); use --pruner none with "
-                             f"--metric {self.metric}")
+            self.pruner = "median" if reported else "none"
+        elif self.pruner != "none" and not reported:
+            raise SweepError(f"--pruner {self.pruner} compares what a trial reports while it trains: --metric "
+                             f"{M.VAL_LOSS} (minimize) or an eval/<task>/<score> (maximize, with --eval_steps N); "
+                             f"use --pruner none with --metric {self.metric}")
         if self.heartbeat_interval < 1:
             raise SweepError(f"--heartbeat_interval must be at least 1 s, got {self.heartbeat_interval}")
         if self.grace_period is not None and self.grace_period <= self.heartbeat_interval:
@@ -375,7 +389,7 @@ class _Objective:
         self.abort: BaseException | None = None  # a user error that would fail every trial: stops the sweep
         self.client = MlflowClient(tracking_uri=settings.tracking_uri)
         self.prunes = settings.pruner != "none"
-        self.reports = settings.metric in PRUNABLE_METRICS  # intermediate values: validation losses
+        self.reports = prunable(settings.metric, settings.direction, settings.base.train.eval_steps)
         # Trial folders: <output_dir>/<study>/<study>-trial-NNNN (the MLflow run name is the folder name).
         self.output_dir = Path(settings.base.output_dir) / settings.study_name
 
@@ -422,14 +436,15 @@ class _Objective:
                  ", ".join(f"{k}={S.show(v)}" for k, v in params.items()))
         link: dict[str, Any] = {}
 
-        def on_validation(step: int, val_loss: float) -> None:
+        def on_validation(step: int, metrics: dict[str, float]) -> None:
             if not link.get("tagged"):  # early, so that a killed trial's run is linked too
                 self._link(trial, run_name, link, tags)
                 link["tagged"] = link.get("run_id") is not None
-            if self.reports:
-                trial.report(val_loss, step)
+            value = metrics.get(M.VAL_LOSS if s.metric == M.BEST_VAL_LOSS else s.metric)
+            if self.reports and value is not None:
+                trial.report(value, step)
                 if self.prunes and trial.should_prune():
-                    raise optuna.TrialPruned(f"val/loss {val_loss:.4g} at step {step} is worse than the pruner's "
+                    raise optuna.TrialPruned(f"{s.metric} {value:.4g} at step {step} is worse than the pruner's "
                                              f"threshold")
 
         try:

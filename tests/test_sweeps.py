@@ -75,7 +75,7 @@ def _runs(uri: str):
     (["--space", "lr_mp=off", "--space", "lr_backbones=off", "--space", "freeze_vision_encoder=off"],
      "search space is empty"),
     (["--metric", "eval/synthetic/colr"], "not logged by the trials. Did you mean eval/synthetic/colour"),
-    (["--metric", "eval/synthetic/overall", "--pruner", "median"], "needs --metric val/loss"),
+    (["--metric", "train/loss", "--pruner", "median"], "compares what a trial reports while it trains"),
     (["--enqueue", "lr_mp=5,lr_backbones=1e-4,freeze_vision_encoder=false"], "outside the space"),
     (["--lr_mp", "0.01", "--space", "lr_mp=1e-3:1e-2"], "both by --space and by --lr_mp"),
     (["--run_name", "x"], "--study_name"),
@@ -180,6 +180,17 @@ def test_a_clearly_bad_trial_is_pruned(stores):
     run = next(c for c in children if c.data.tags[TAG_TRIAL] == "2")
     assert run.info.status == "KILLED" and run.data.tags[TAG_STATE] == "PRUNED"
     assert max(m.step for m in client.get_metric_history(run.info.run_id, M.TRAIN_LOSS)) == 2
+
+
+def test_a_benchmark_score_is_reported_while_each_trial_trains(stores):
+    storage, _ = stores
+    assert _main(stores, "--n_trials", "2", "--study_name", "bench", "--metric", "eval/synthetic/overall",
+                 "--eval_steps", "2", "--eval_limit", "8", "--pruner", "none") == 0
+    study = optuna.load_study(study_name="bench", storage=storage)
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE
+    for trial in study.trials:  # what a pruner compares: the score at every evaluation, the last one the result
+        assert sorted(trial.intermediate_values) == [2, 4, 6]
+        assert trial.intermediate_values[6] == trial.value
 
 
 def test_grid_sampler_visits_each_point_once(stores):
