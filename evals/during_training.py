@@ -11,18 +11,21 @@ comparable over steps). `synthetic` is the held-out synthetic questions with the
 (images shuffled), for runs on the synthetic data. Data is loaded once, before training starts, so
 a missing dataset or column fails the run before any compute is spent.
 
-Under torchrun, rank 0 evaluates and the other ranks wait at a barrier (items are not yet split
-across ranks).
+Under torchrun the items of each benchmark are split over the ranks and the replies gathered, so
+the scores are those one process gets (`evaluate_split`); the synthetic set is small and rank 0
+evaluates it alone.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import Any, Callable
 
-from evals.data import DataError
-from evals.harness import evaluate_task, load_task_data
+from evals.data import DataError, EvalData
+from evals.generation import Failed
+from evals.harness import TaskResult, evaluate_task, load_task_data
 from evals.registry import get_task
 from evals.synthetic import evaluate_with_control
 from nanovlm import metrics as M
@@ -75,15 +78,16 @@ def build_evaluator(model: Any, cfg: ExperimentConfig, synthetic_records: list[d
 
     def evaluate(step: int) -> dict[str, float]:
         scores: dict[str, float] = {}
-        if dist.is_main:
-            for name, data in tasks.items():
-                if name == SYNTHETIC:
+        for name, data in tasks.items():
+            if name == SYNTHETIC:  # a few hundred one-word answers: rank 0 alone
+                if dist.is_main:
                     for task, values in evaluate_with_control(model, data).items():
                         scores.update({M.eval_name(task, kind): value for kind, value in values.items()})
-                else:
-                    task, rows = data
-                    result = evaluate_task(model, task, rows, progress=False)
-                    scores.update({M.eval_name(task.name, key): value for key, value in result.scores.items()})
+            else:
+                task, rows = data
+                result = evaluate_split(model, task, rows, dist)
+                scores.update({M.eval_name(task.name, key): value for key, value in result.scores.items()})
+        if dist.is_main:
             log.info("step %d: %s", step, {k: round(v, 4) for k, v in scores.items()})
             missing = metric_names - set(scores)
             if missing:
@@ -93,3 +97,19 @@ def build_evaluator(model: Any, cfg: ExperimentConfig, synthetic_records: list[d
         return scores
 
     return evaluate
+
+
+def evaluate_split(model: Any, task: Any, data: EvalData, dist: Dist) -> TaskResult:
+    """`evaluate_task` with the items split over the ranks: each generates replies for every
+    world_size-th item, the replies are gathered, and every rank scores all of them, so the scores
+    are those of one process."""
+    if not dist.enabled:
+        return evaluate_task(model, task, data, progress=False)
+    mine = list(range(dist.rank, len(data), dist.world_size))
+    shard = dataclasses.replace(data, rows=[data.rows[i] for i in mine], images=[data.images[i] for i in mine],
+                                image_counts=[data.image_counts[i] for i in mine])
+    replies = {} if not mine else {
+        mine[p["index"]]: p["output"] if p["output"] is not None else Failed(p.get("error", ""))
+        for p in evaluate_task(model, task, shard, progress=False).predictions}
+    given = {index: reply for part in dist.all_gather_object(replies) for index, reply in part.items()}
+    return evaluate_task(model, task, data, progress=False, given=given)
