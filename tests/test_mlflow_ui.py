@@ -111,7 +111,11 @@ def ui(tmp_path_factory):
     torch.set_num_threads(1)  # the server takes the other core
     browser = None
     try:
-        cfg = override(get_preset("tiny"), {**TINY, "output_dir": str(tmp / "runs")})
+        from evals.fixtures import write_all
+
+        write_all(tmp / "evalfix")  # MMStar in its schema, offline: the run evaluates it every 2 steps
+        cfg = override(get_preset("tiny"), {**TINY, "output_dir": str(tmp / "runs"), "eval_tasks": "synthetic,mmstar",
+                                            "eval_steps": 2, "eval_limit": 12, "eval_data_dir": str(tmp / "evalfix")})
         result = run_experiment(cfg, tracking_uri=uri)
         assert lr.main([*SWEEP, "--storage", f"sqlite:///{tmp}/optuna.db", "--tracking_uri", uri,
                         "--output_dir", str(tmp / "runs")]) == 0
@@ -227,6 +231,27 @@ def test_the_run_page_draws_the_loss_and_lists_its_inputs(ui):
 
     _wait(browser, loss_curve, "a rendered train/loss line chart")
     _screenshot(browser, "mlflow-run-metrics")
+
+
+def test_the_run_page_draws_the_benchmark_curve(ui):
+    """--eval_tasks mmstar --eval_steps 2: the score at steps 2, 4 and 6, charted beside the loss."""
+    browser = ui.browser
+    browser.get(f"{ui.base}/#/experiments/{ui.experiment_id}/runs/{ui.run_id}/model-metrics?workflowType=machine_learning")
+    from selenium.webdriver.common.keys import Keys
+
+    box = _wait(browser, lambda b: _find(b, "input[placeholder*='Search metric charts']"), "the chart search box")[0]
+    box.send_keys(Keys.CONTROL, "a")  # the page may keep the previous test's search
+    box.send_keys(Keys.BACKSPACE, "eval/mmstar/average")
+
+    def score_curve(b):
+        cards = _find(b, "[data-testid=experiment-view-compare-runs-card]", "eval/mmstar/average")
+        # a drawn line over the steps of the evaluations (2 to 6 on the x axis)
+        return [c for c in cards if {"Step", "2", "6"} <= set(c.text.split())
+                and any(len(p.get_attribute("d") or "") > 10
+                        for p in c.find_elements("css selector", ".js-plotly-plot path.js-line"))]
+
+    _wait(browser, score_curve, "a rendered eval/mmstar/average curve over the evaluations")
+    _screenshot(browser, "mlflow-benchmark-curve")
 
 
 def test_sweep_trials_are_nested_under_their_parent(ui):
