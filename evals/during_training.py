@@ -6,7 +6,7 @@
     python -m experiments.run tiny --eval_tasks synthetic,mmstar --eval_steps 200 --eval_data_dir DIR
 
 Each task is scored exactly as `python -m evals.<task>` scores it (same prompt, parsing, metric,
-aggregation), on the first `eval_limit` items (the same items at every evaluation, so the curve is
+aggregation, the same metric names and standard errors), on the first `eval_limit` items (the same items at every evaluation, so the curve is
 comparable over steps). `synthetic` is the held-out synthetic questions with the blind control
 (images shuffled), for runs on the synthetic data. Data is loaded once, before training starts, so
 a missing dataset or column fails the run before any compute is spent.
@@ -26,6 +26,7 @@ from typing import Any, Callable
 from evals.data import DataError, EvalData
 from evals.generation import Failed
 from evals.harness import TaskResult, evaluate_task, load_task_data
+from evals.mlflow_log import eval_metrics, task_scores
 from evals.registry import get_task
 from evals.synthetic import evaluate_with_control
 from nanovlm import metrics as M
@@ -85,8 +86,7 @@ def build_evaluator(model: Any, cfg: ExperimentConfig, synthetic_records: list[d
                         scores.update({M.eval_name(task, kind): value for kind, value in values.items()})
             else:
                 task, rows = data
-                result = evaluate_split(model, task, rows, dist)
-                scores.update({M.eval_name(task.name, key): value for key, value in result.scores.items()})
+                scores.update(eval_metrics(task.name, task_scores(evaluate_split(model, task, rows, dist))))
         if dist.is_main:
             log.info("step %d: %s", step, {k: round(v, 4) for k, v in scores.items()})
             missing = metric_names - set(scores)

@@ -70,10 +70,20 @@ def log_results(results: Sequence[TaskResult], checkpoint: str, out_dirs: dict[s
                 tracking_uri: str | None = None, experiment: str = EXPERIMENT) -> str:
     """Log the tasks' scores, accuracy and failed count (and their results folders as artifacts
     under evals/<task>); return the run id."""
-    scores = {r.task: {**r.scores, "accuracy": r.accuracy, "failed": float(r.counts["failed"]), **stderr_scores(r)}
-              for r in results}
+    scores = {r.task: task_scores(r) for r in results}
     return log_scores(scores, checkpoint, out_dirs, tracking_uri=tracking_uri, experiment=experiment,
                       datasets=[eval_input(r.data) for r in results if r.data.get("fingerprint")])
+
+
+def task_scores(result: TaskResult) -> dict[str, float]:
+    """What is logged of a task: its scores, accuracy, failed count and standard errors."""
+    return {**result.scores, "accuracy": result.accuracy, "failed": float(result.counts["failed"]),
+            **stderr_scores(result)}
+
+
+def eval_metrics(task: str, values: dict[str, float]) -> dict[str, float]:
+    """{score: value} of a task -> {eval/<task>/<score>: value}, names made MLflow-safe."""
+    return {eval_name(task, metric_key(k)): float(v) for k, v in values.items()}
 
 
 def stderr_scores(result: TaskResult) -> dict[str, float]:
@@ -107,7 +117,7 @@ def log_scores(scores: dict[str, dict[str, float]], checkpoint: str, out_dirs: d
     out_dirs = out_dirs or {}
     meta = checkpoint_meta(checkpoint)
     run_id, step = meta.get("run_id"), int(meta.get("step", 0) or 0)
-    metrics = {eval_name(task, metric_key(k)): float(v) for task, values in scores.items() for k, v in values.items()}
+    metrics = {k: v for task, values in scores.items() for k, v in eval_metrics(task, values).items()}
     tags = {f"eval.{task}.checkpoint": str(checkpoint) for task in scores}
     run = _existing_run(run_id, uri) if run_id else None
 
