@@ -3,6 +3,7 @@
     python -m experiments.publish runs/tiny/checkpoints/best me/nanovlm-tiny --export smolvlm --private
     python -m experiments.publish CKPT me/repo --revision v1 --tracking_uri sqlite:///$PWD/mlflow.db
     python -m experiments.publish CKPT me/repo --export smolvlm --dry_run   # staged folder + card, no upload
+    python -m experiments.publish CKPT me/repo --register nanovlm-tiny --alias production   # + a registry version
 
 The card (README.md) comes from the checkpoint's meta.json (the MLflow run id) and that run's params,
 metrics (incl. eval/<task>/<score> and their _stderr) and tags; see nanovlm/export/card.py. The folder
@@ -45,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tracking_uri", "--tracking-uri", default=None,
                         help="MLflow store of the training run (default: nanovlm.tracking.default_tracking_uri())")
     parser.add_argument("--license", default="apache-2.0", help="the card's license field")
+    parser.add_argument("--register", default=None, metavar="NAME",
+                        help="after the upload, register the checkpoint as a version of this MLflow registered model "
+                             "(tagged with the hub repo; see experiments/register.py)")
+    parser.add_argument("--alias", default=None, help="with --register: the version's alias (default: candidate)")
     parser.add_argument("--dry_run", "--dry-run", metavar="DIR", nargs="?", const="", default=None,
                         help="stage the folder (into DIR if given) and print the card; upload nothing")
     return parser
@@ -105,6 +110,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"published {checkpoint} to https://huggingface.co/{args.repo_id}: {url}")
+    if args.register:
+        return _register(args, checkpoint, tracking_uri, url)
+    return 0
+
+
+def _register(args: argparse.Namespace, checkpoint: Path, tracking_uri: str, url: str) -> int:
+    import json
+
+    from mlflow.exceptions import MlflowException
+
+    from experiments.register import DEFAULT_ALIAS, RegisterError, register_run
+
+    try:
+        run_id = json.loads((checkpoint / "meta.json").read_text())["run_id"]
+        registered = register_run(args.register, run_id, checkpoint=checkpoint, alias=args.alias or DEFAULT_ALIAS,
+                                  tracking_uri=tracking_uri,
+                                  extra_tags={"hf_repo": args.repo_id, "hf_revision": args.revision or "main",
+                                              "hf_commit": url})
+    except (RegisterError, MlflowException, OSError, KeyError) as err:
+        print(f"error: published, but registering failed: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    print(registered.summary())
     return 0
 
 
@@ -113,6 +140,19 @@ def _check_args(args: argparse.Namespace, checkpoint: Path) -> None:
         raise PublishError(f"repo_id must be owner/name, got {args.repo_id!r}")
     if not (checkpoint / "config.json").is_file() or not (checkpoint / "model.safetensors").is_file():
         raise PublishError(f"{checkpoint} is not a checkpoint directory (config.json + model.safetensors)")
+    if args.alias and not args.register:
+        raise PublishError("--alias names the version --register NAME creates: add --register NAME")
+    if args.register:
+        from experiments.register import DEFAULT_ALIAS, RegisterError, check_alias, check_name
+
+        try:
+            check_name(args.register)
+            check_alias(args.alias or DEFAULT_ALIAS)
+        except RegisterError as err:
+            raise PublishError(str(err)) from None
+        meta = checkpoint / "meta.json"
+        if not meta.is_file() or '"run_id"' not in meta.read_text():
+            raise PublishError(f"--register: {checkpoint} has no meta.json with the MLflow run id")
     if args.export:
         check_exportable(checkpoint, args.export)  # before anything is written or created
     if args.dry_run and Path(args.dry_run).exists() and any(Path(args.dry_run).iterdir()):

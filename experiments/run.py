@@ -4,6 +4,7 @@
     python -m experiments.run original_small --random_init --dry_run # resolved config + parameter counts
     python -m experiments.run dinov3_gemma --freeze_vision_encoder --lr_mp 1e-3
     python -m experiments.run --list                                 # presets and backbones
+    python -m experiments.run tiny --register nanovlm-tiny --alias champion   # + an MLflow Model Registry version
 """
 
 from __future__ import annotations
@@ -33,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show the traceback of an error instead of its one-line message")
     parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="PATH",
                         help="resume the run: its latest checkpoint, or the checkpoint at PATH")
+    parser.add_argument("--register", default=None, metavar="NAME",
+                        help="after the run, register its best checkpoint (else the final one) as a new version of "
+                             "this MLflow registered model (see experiments/register.py)")
+    parser.add_argument("--alias", default=None, metavar="ALIAS",
+                        help="with --register: the alias the new version gets (default: candidate; `latest` and "
+                             "v<N> are reserved by MLflow)")
     add_config_flags(parser)
     return parser
 
@@ -73,6 +80,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.json and not args.dry_run:
             raise ConfigError("--json prints the --dry_run report as JSON: add --dry_run, or drop --json to train")
+        if args.alias is not None and not args.register:
+            raise ConfigError("--alias names the version --register NAME creates: add --register NAME")
+        if args.register is not None:  # before anything trains
+            from experiments.register import DEFAULT_ALIAS, check_alias, check_name
+
+            check_name(args.register)
+            check_alias(args.alias or DEFAULT_ALIAS)
         cfg = config_from_args(args, args.preset)
         check_config(cfg)  # before anything is built or an MLflow run is created
         if args.dry_run:
@@ -95,6 +109,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(f"run {result.run_id} finished: {result.summary()}")
     _print_synthetic_table(result.metrics)
+    if args.register and result.run_id:  # rank 0 only (the other ranks have no MLflow run)
+        return _register(result, args.register, args.alias, args.debug)
+    return 0
+
+
+def _register(result, name: str, alias: str | None, debug: bool) -> int:
+    from mlflow.exceptions import MlflowException
+
+    from experiments.register import DEFAULT_ALIAS, RegisterError, register_result
+
+    try:
+        registered = register_result(result, name, alias=alias or DEFAULT_ALIAS)
+    except (RegisterError, MlflowException, OSError) as err:
+        if debug:
+            raise
+        print(f"error: the run finished, but registering it failed: {_one_line(str(err))} (retry with "
+              f"`python -m experiments.register {result.run_id} {name}`)", file=sys.stderr)
+        return 2
+    print(registered.summary())
     return 0
 
 

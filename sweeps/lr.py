@@ -6,6 +6,7 @@
     python -m sweeps.lr --preset tiny --freeze_vision_encoder                # a runner flag fixes a searched value
     python -m sweeps.lr --preset tiny --study_name s1 --storage postgresql://user@db:5432/optuna  # one worker of many
     python -m sweeps.lr --preset tiny --n_trials 4 --dry_run                 # the resolved plan; no store, no trial
+    python -m sweeps.lr --preset tiny --n_trials 4 --register nanovlm-tiny   # best trial -> MLflow Model Registry
 
 Search space (`--space NAME=SPEC`, repeatable; see sweeps/space.py): lr_mp log-uniform 1e-4..1e-1,
 lr_backbones log-uniform 1e-6..1e-3, freeze_vision_encoder true/false; `--separate_lrs` searches
@@ -77,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--grace_period", "--grace-period", type=int, default=120,
                    help="a trial without a heartbeat for this long (its worker died) is failed and retried")
     g.add_argument("--max_retry", "--max-retry", type=int, default=3, help="retries of a dead worker's trial")
+    g.add_argument("--register", default="", metavar="NAME",
+                   help="at the end, register the best trial's checkpoint as a version of this MLflow registered "
+                        "model (see experiments/register.py)")
+    g.add_argument("--alias", default="", metavar="ALIAS",
+                   help="with --register: the version's alias (default: candidate)")
     g.add_argument("--dry_run", "--dry-run", action="store_true", help="print the resolved sweep and exit")
     g.add_argument("--debug", action="store_true", help="show the traceback of an error instead of its one-line message")
     add_config_flags(parser)
@@ -110,7 +116,7 @@ def settings_from_args(args: argparse.Namespace) -> SweepSettings:
         sampler=args.sampler, sampler_seed=args.sampler_seed, grid_points=args.grid_points, pruner=args.pruner,
         prune_startup_trials=args.prune_startup_trials, prune_warmup_steps=args.prune_warmup_steps,
         heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period, max_retry=args.max_retry,
-        enqueue=enqueue).resolve()
+        enqueue=enqueue, register=args.register, register_alias=args.alias).resolve()
 
 
 def _print_plan(settings: SweepSettings) -> None:

@@ -154,6 +154,8 @@ class SweepSettings:
     grace_period: int | None = 120  # a running trial silent this long belongs to a dead worker
     max_retry: int = 3  # times a killed worker's trial is run again
     enqueue: list[dict[str, Any]] = field(default_factory=list)  # trials to run first (a new study only)
+    register: str = ""  # MLflow registered model that gets the best trial's checkpoint at the end ("" = none)
+    register_alias: str = ""  # the alias of that version ("" = experiments.register.DEFAULT_ALIAS)
 
     def resolve(self) -> SweepSettings:
         """Fill the defaults and check everything that can be checked without touching a store."""
@@ -192,6 +194,13 @@ class SweepSettings:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise SweepError("sweeps run each trial in one process; start more workers instead of torchrun")
         self.enqueue = [S.check_params(self.space, p, f"--enqueue #{i + 1}") for i, p in enumerate(self.enqueue)]
+        if self.register_alias and not self.register:
+            raise SweepError("--alias names the version --register NAME creates: add --register NAME")
+        if self.register:
+            from experiments.register import DEFAULT_ALIAS, check_alias, check_name
+
+            check_name(self.register)
+            self.register_alias = check_alias(self.register_alias or DEFAULT_ALIAS)
         self.tracking_uri = St.normalise_tracking_uri(self.tracking_uri or default_tracking_uri())
         self.storage = St.normalise_url(self.storage or St.default_storage(self.tracking_uri))
         St.check_separate(self.storage, self.tracking_uri)
@@ -556,6 +565,31 @@ def run_sweep(settings: SweepSettings, *, print_summary: Callable[[str], None] |
         optuna.logging.set_verbosity(verbosity)
 
 
+def register_best(study: optuna.Study, settings: SweepSettings, parent: MLflowTracker) -> str:
+    """Register the best complete trial's checkpoint as a version of `settings.register` (see
+    experiments/register.py); every worker that finishes calls this, and the same trial's checkpoint
+    is registered once. Returns the summary line ("" when no trial completed)."""
+    from experiments.register import register_run
+
+    try:
+        best = study.best_trial
+    except ValueError:
+        log.warning("--register %s: no trial completed, nothing to register", settings.register)
+        return ""
+    run_id = best.user_attrs.get(ATTR_RUN)
+    if not run_id:
+        log.warning("--register %s: the best trial %d has no MLflow run", settings.register, best.number)
+        return ""
+    registered = register_run(settings.register, run_id, alias=settings.register_alias,
+                              tracking_uri=settings.tracking_uri,
+                              extra_tags={TAG_STUDY: settings.study_name, TAG_TRIAL: best.number,
+                                          "sweep.metric": settings.metric, "sweep.value": best.value,
+                                          "sweep.parent_run_id": parent.run_id})
+    parent.set_tags({"registered_model": registered.name, "registered_version": registered.version,
+                     "registered_alias": registered.alias})
+    return f"best trial {best.number}: {registered.summary()}"
+
+
 def _run(settings: SweepSettings, study: optuna.Study, created: bool, target: int,
          print_summary: Callable[[str], None] | None) -> SweepResult:
     with _attach_parent(settings, study, created) as parent:
@@ -593,6 +627,9 @@ def _run(settings: SweepSettings, study: optuna.Study, created: bool, target: in
         summary = report.write_and_log(parent, study, settings, report_dir,
                                        ui=D.ui_link(parent.tracking_uri, parent.experiment_id,
                                                     view=view_id(settings.study_name), charts=False))
+        if settings.register:
+            line = register_best(study, settings, parent)
+            summary = f"{summary}\n{line}" if line else summary
     if print_summary is not None:
         print_summary(summary)
     return SweepResult(study, parent.run_id, report_dir, summary)
