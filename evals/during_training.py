@@ -21,7 +21,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from typing import Any, Callable
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
 
 from evals.data import DataError, EvalData
 from evals.generation import Failed
@@ -42,8 +45,11 @@ def task_names(cfg: ExperimentConfig) -> list[str]:
 
 
 def build_evaluator(model: Any, cfg: ExperimentConfig, synthetic_records: list[dict] | None,
-                    dist: Dist = Dist()) -> Callable[[int], dict[str, float]] | None:
-    """The callback for `train(..., evaluate=...)`, or None when no task is asked for."""
+                    dist: Dist = Dist(), run: tuple[Path, str | None, str] | None = None) -> "Evaluator | None":
+    """The callback for `train(..., evaluate=...)`, or None when no task is asked for.
+
+    `run` = (run folder, MLflow run id, tracking URI): where --eval_async saves the checkpoints it
+    evaluates and where their scores go."""
     tc = cfg.train
     names = task_names(cfg)
     limit = tc.eval_limit or None
@@ -74,29 +80,97 @@ def build_evaluator(model: Any, cfg: ExperimentConfig, synthetic_records: list[d
                           f"val/loss or eval/<task>/<score> with a task from --eval_tasks")
     if not tasks:
         return None
-    metric_names = {tc.best_metric} - {M.VAL_LOSS}
-    log.info("benchmarks during training: %s, every %s steps", ", ".join(names), tc.eval_steps or "max_steps")
+    background = None
+    if tc.eval_async and set(tasks) - {SYNTHETIC}:
+        if best_task in set(tasks) - {SYNTHETIC}:
+            raise ConfigError(f"--best_metric {tc.best_metric} is scored in another process with --eval_async, too "
+                              f"late to pick checkpoints: drop --eval_async, or pick by val/loss")
+        if run is None:
+            raise ValueError("--eval_async needs the run folder, run id and tracking URI")
+        background = AsyncEvaluations(model, [n for n in tasks if n != SYNTHETIC], cfg, *run)
+    log.info("benchmarks during training: %s, every %s steps%s", ", ".join(names), tc.eval_steps or "max_steps",
+             " (in another process)" if background else "")
+    return Evaluator(model, tasks, {tc.best_metric} - {M.VAL_LOSS}, dist, background)
 
-    def evaluate(step: int) -> dict[str, float]:
+
+class Evaluator:
+    """`evaluator(step)` -> the scores of every task at this step (on every rank); `finish()` waits
+    for the evaluations running in other processes (--eval_async)."""
+
+    def __init__(self, model: Any, tasks: dict[str, Any], needed: set[str], dist: Dist,
+                 background: "AsyncEvaluations | None"):
+        self.model, self.tasks, self.needed, self.dist, self.background = model, tasks, needed, dist, background
+
+    def __call__(self, step: int) -> dict[str, float]:
         scores: dict[str, float] = {}
-        for name, data in tasks.items():
+        for name, data in self.tasks.items():
             if name == SYNTHETIC:  # a few hundred one-word answers: rank 0 alone
-                if dist.is_main:
-                    for task, values in evaluate_with_control(model, data).items():
+                if self.dist.is_main:
+                    for task, values in evaluate_with_control(self.model, data).items():
                         scores.update({M.eval_name(task, kind): value for kind, value in values.items()})
-            else:
+            elif self.background is None:
                 task, rows = data
-                scores.update(eval_metrics(task.name, task_scores(evaluate_split(model, task, rows, dist))))
-        if dist.is_main:
+                scores.update(eval_metrics(task.name, task_scores(evaluate_split(self.model, task, rows, self.dist))))
+        if self.background is not None and self.dist.is_main:
+            self.background.submit(step)
+        if self.dist.is_main:
             log.info("step %d: %s", step, {k: round(v, 4) for k, v in scores.items()})
-            missing = metric_names - set(scores)
-            if missing:
-                raise ConfigError(f"--best_metric {tc.best_metric} is not among the scores of --eval_tasks "
-                                  f"{tc.eval_tasks}: {', '.join(sorted(scores))}")
-        dist.barrier()
+            if self.needed - set(scores):
+                raise ConfigError(f"--best_metric {', '.join(self.needed)} is not among the scores of --eval_tasks: "
+                                  f"{', '.join(sorted(scores))}")
+        self.dist.barrier()
         return scores
 
-    return evaluate
+    def finish(self) -> None:
+        if self.background is not None and self.dist.is_main:
+            self.background.finish()
+
+
+class AsyncEvaluations:
+    """--eval_async: a checkpoint's benchmarks scored by `python -m evals.run` in another process.
+
+    With a second GPU the process starts at once, on the last GPU, while training goes on; otherwise
+    the evaluations wait for the end of training and run one after another. Each logs its scores to
+    the training run at the checkpoint's step in one MLflow batch, so a killed process leaves no
+    half-logged evaluation (and a resumed one starts again from its predictions.jsonl).
+    """
+
+    def __init__(self, model: Any, tasks: list[str], cfg: ExperimentConfig, run_dir: Path, run_id: str | None,
+                 tracking_uri: str):
+        self.model, self.tasks, self.cfg, self.run_dir = model, tasks, cfg, Path(run_dir)
+        self.run_id, self.tracking_uri = run_id, tracking_uri
+        self.waiting: list[list[str]] = []
+        self.running: list[subprocess.Popen] = []
+
+    def submit(self, step: int) -> None:
+        tc = self.cfg.train
+        checkpoint = self.run_dir / "checkpoints" / "eval" / f"step-{step:06d}"
+        self.model.save_pretrained(checkpoint, meta={"run_id": self.run_id, "step": step, "preset": self.cfg.preset})
+        command = [sys.executable, "-m", "evals.run", str(checkpoint), "--tasks", ",".join(self.tasks),
+                   "--tracking_uri", self.tracking_uri, "--no_progress",
+                   "--out", str(self.run_dir / "evals" / checkpoint.name),
+                   *(["--data_dir", tc.eval_data_dir] if tc.eval_data_dir else []),
+                   *(["--limit", str(tc.eval_limit)] if tc.eval_limit else [])]
+        import torch
+
+        if torch.cuda.device_count() > 1:  # a GPU of its own: evaluate now, beside training
+            env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(torch.cuda.device_count() - 1)}
+            self.running.append(subprocess.Popen(command, env=env))
+            log.info("step %d: evaluating %s in process %d", step, checkpoint, self.running[-1].pid)
+        else:
+            self.waiting.append(command)
+            log.info("step %d: %s saved; its evaluation runs after training", step, checkpoint)
+
+    def finish(self) -> None:
+        failed = [p.args for p in self.running if p.wait() != 0]
+        for command in self.waiting:
+            log.info("evaluating %s", command[3])
+            if subprocess.run(command).returncode != 0:
+                failed.append(command)
+        self.waiting, self.running = [], []
+        if failed:
+            log.error("evaluations failed (rerun them by hand, they resume): %s",
+                      "; ".join(" ".join(map(str, c[1:])) for c in failed))
 
 
 def evaluate_split(model: Any, task: Any, data: EvalData, dist: Dist) -> TaskResult:

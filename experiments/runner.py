@@ -25,11 +25,11 @@ import torch
 from evals.during_training import build_evaluator
 from experiments.presets import get_preset
 from nanovlm import metrics as M
-from nanovlm.checkpoint import latest_checkpoint, read_trainer_state
+from nanovlm.checkpoint import checkpoint_problem, latest_checkpoint, latest_complete_checkpoint, read_trainer_state
 from nanovlm.config import ConfigError, ExperimentConfig, diff, flatten, from_dict
 from nanovlm.data.datasets import SampleProcessor, StreamingVQA, VQADataset, load_splits
 from nanovlm.distributed import Dist
-from nanovlm.files import write_json
+from nanovlm.files import HeldLock, LockBusy, try_lock, write_json
 from nanovlm.model.vlm import build_vlm, check_compatible
 from nanovlm.tracking import MLflowTracker, NullTracker, mark_orphans_killed
 from nanovlm.train import pick_device, train
@@ -59,23 +59,88 @@ def default_run_name(cfg: ExperimentConfig) -> str:
     return "-".join([cfg.preset, *parts])[:120].replace("/", "_")
 
 
+def _complete_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint of a run, warning about newer damaged ones it skips."""
+    found, skipped = latest_complete_checkpoint(run_dir)
+    for path, problem in skipped:
+        log.warning("skipping damaged checkpoint %s (%s)%s", path, problem,
+                    f"; resuming from {found.name}" if found is not None else "")
+    return found
+
+
 def find_resume_checkpoint(cfg: ExperimentConfig, resume: str) -> Path:
-    """`resume` is a checkpoint/run directory, or 'latest' for the newest run of this config's name."""
+    """`resume` is a checkpoint/run directory, or 'latest' for the newest run of this config's name.
+
+    A run's newest checkpoint that is damaged (a truncated file, a missing trainer state) is skipped,
+    with a warning, for the newest complete one."""
     if resume != "latest":
         path = Path(resume)
-        found = latest_checkpoint(path) if (path / "checkpoints").is_dir() else path
+        if (path / "checkpoints").is_dir():
+            found = _complete_checkpoint(path)
+        else:
+            found = path
+            problem = checkpoint_problem(path) if (path / "trainer_state.json").exists() else None
+            if problem is not None:
+                raise ConfigError(f"--resume {resume}: that checkpoint is damaged ({problem}); pass its run "
+                                  f"directory to resume from the newest complete one")
         if found is None or not (found / "trainer_state.json").exists():
             raise ConfigError(f"--resume {resume}: no training checkpoint there (expected a run directory or a "
                               f"checkpoints/step-N folder)")
         return found
     base = cfg.run_name or default_run_name(cfg)
-    # an explicit run name is the folder; a derived one has a start time appended
-    pattern = re.compile(re.escape(base) + ("" if cfg.run_name else r"-\d{8}-\d{6}") + "$")
+    # an explicit run name is the folder; a derived one has a start time (and maybe a -N suffix) appended
+    pattern = re.compile(re.escape(base) + ("" if cfg.run_name else r"-\d{8}-\d{6}(-\d+)?") + "$")
     runs = [p for p in Path(cfg.output_dir).glob(f"{base}*") if pattern.match(p.name) and latest_checkpoint(p)]
     if not runs:
         raise ConfigError(f"--resume: no run named {base!r} with a checkpoint under {cfg.output_dir}/; pass the run "
                           f"directory explicitly (--resume runs/NAME)")
-    return latest_checkpoint(max(runs, key=lambda p: p.stat().st_mtime))
+    run_dir = max(runs, key=lambda p: p.stat().st_mtime)
+    found = _complete_checkpoint(run_dir)
+    if found is None:
+        raise ConfigError(f"--resume: every checkpoint of {run_dir} is damaged; start a new run (another --run_name)")
+    return found
+
+
+def lock_run_dir(run_dir: Path) -> HeldLock:
+    """Hold `<run_dir>/.lock` (fcntl, exclusive) while the run trains: one process per run folder."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return try_lock(run_dir / ".lock")
+    except LockBusy as busy:
+        pid = busy.pid if busy.pid is not None else "unknown"
+        raise ConfigError(f"run folder {run_dir} is in use by another process (pid {pid})") from None
+
+
+def _is_used(run_dir: Path) -> bool:
+    return any(p.name != ".lock" for p in run_dir.iterdir())
+
+
+def claim_new_run_dir(cfg: ExperimentConfig) -> tuple[Path, HeldLock]:
+    """Create and lock the folder of a new run; never one another run has written to.
+
+    An explicit --run_name whose folder already holds a run is a ConfigError (resume it or pick another
+    name). A derived name (preset + changes + start time) gets a -2, -3, ... suffix when that folder
+    exists already (two runs started in the same second): the folder is created atomically, so two
+    processes never get the same one."""
+    out = Path(cfg.output_dir)
+    if cfg.run_name:
+        run_dir = out / cfg.run_name
+        held = lock_run_dir(run_dir)
+        if _is_used(run_dir):
+            held.release()
+            raise ConfigError(f"run folder {run_dir} already holds a run named {cfg.run_name!r}: continue it with "
+                              f"--resume, or choose another --run_name")
+        return run_dir, held
+    out.mkdir(parents=True, exist_ok=True)
+    base = f"{default_run_name(cfg)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    for n in range(1, 1000):
+        run_dir = out / (base if n == 1 else f"{base}-{n}")
+        try:
+            run_dir.mkdir()
+        except FileExistsError:
+            continue
+        return run_dir, lock_run_dir(run_dir)
+    raise ConfigError(f"could not create a new run folder {base} under {out}: 999 exist already")
 
 
 def _git_sha() -> str:
@@ -124,17 +189,45 @@ def run_experiment(cfg: ExperimentConfig, resume: str | None = None, parent_run_
     device = pick_device(cfg.train.device)
     dist = Dist.from_env(device.type)
 
-    # Where the run lives: a new folder, or the one of the checkpoint we resume from.
+    # Where the run lives: a new folder, or the one of the checkpoint we resume from. Rank 0 claims it
+    # and holds its lock until the run ends; the other ranks learn the outcome (or the error) from it.
     resume_path = find_resume_checkpoint(cfg, resume) if resume else None
     run_id = None
-    if resume_path is not None:
-        state = read_trainer_state(resume_path)
-        stored = from_dict(ExperimentConfig, state.config)
-        check_compatible(stored.model, cfg.model, str(resume_path))
-        run_dir, run_id = resume_path.parent.parent, state.run_id
+    lock = None
+    if dist.is_main:
+        try:
+            if resume_path is not None:
+                run_dir = resume_path.parent.parent
+                lock = lock_run_dir(run_dir)
+                if resume == "latest" or Path(resume).resolve() == run_dir.resolve():
+                    # Found before the lock was ours: the run that held it may have written (and pruned) since.
+                    resume_path = latest_complete_checkpoint(run_dir)[0] or resume_path
+            else:
+                run_dir, lock = claim_new_run_dir(cfg)
+            claimed: tuple[str, str, str] = ("ok", str(run_dir), str(resume_path or ""))
+        except ConfigError as e:
+            claimed = ("error", str(e), "")
     else:
-        name = cfg.run_name or f"{default_run_name(cfg)}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir = Path(cfg.output_dir) / dist.broadcast_object(name)
+        claimed = ("ok", "", "")
+    claimed = dist.broadcast_object(claimed)
+    if claimed[0] == "error":
+        raise ConfigError(claimed[1])
+    run_dir, resume_path = Path(claimed[1]), (Path(claimed[2]) if claimed[2] else None)
+    try:
+        if resume_path is not None:
+            state = read_trainer_state(resume_path)
+            stored = from_dict(ExperimentConfig, state.config)
+            check_compatible(stored.model, cfg.model, str(resume_path))
+            run_id = state.run_id
+        return _run(cfg, run_dir, resume_path, run_id, device, dist, parent_run_id, tracking_uri, on_validation)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(cfg: ExperimentConfig, run_dir: Path, resume_path: Path | None, run_id: str | None, device: torch.device,
+         dist: Dist, parent_run_id: str | None, tracking_uri: str | None,
+         on_validation: Callable[[int, dict[str, float]], None] | None) -> RunResult:
     run_name = run_dir.name
 
     # Tracking: rank 0 only. Runs of this host whose process died (SIGKILL) are marked KILLED first.
@@ -171,9 +264,12 @@ def run_experiment(cfg: ExperimentConfig, resume: str | None = None, parent_run_
 
         # Benchmarks (--eval_tasks) run inside training, every eval_steps and at the last step.
         synthetic_records = list(splits.val) if splits.source == "synthetic" else None
-        evaluate = build_evaluator(model, cfg, synthetic_records, dist)
+        evaluate = build_evaluator(model, cfg, synthetic_records, dist,
+                                   run=(run_dir, tracker.run_id, getattr(tracker, "tracking_uri", "")))
         state = train(model, train_set, val_set, cfg, tracker, run_dir, resume_from=resume_path, dist=dist,
                       on_validation=on_validation, evaluate=evaluate)
+        if evaluate is not None:
+            evaluate.finish()  # --eval_async: evaluations still running, or waiting for the end of training
 
         final: dict[str, float] = {}  # logged once, at the last step
         if dist.is_main:

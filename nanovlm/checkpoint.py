@@ -3,11 +3,17 @@
     path = save_training_checkpoint(run_dir, model, optimizer, state, keep=2)
     state = load_training_checkpoint(path, model, optimizer)   # weights, optimizer, RNG restored
     latest_checkpoint(run_dir)                                  # newest step-N folder or None
+    path, skipped = latest_complete_checkpoint(run_dir)         # newest one that checks out, and why others did not
 
 A checkpoint folder `checkpoints/step-000100/` is a loadable model checkpoint (config.json,
 model.safetensors, tokenizer, preprocessor_config.json, meta.json) plus optimizer.safetensors,
 optimizer.json, rng.safetensors and trainer_state.json. Nothing is pickled: tensors go to
 safetensors, everything else to JSON. The best model (by validation loss) is `checkpoints/best/`.
+
+`manifest.json`, written last inside the atomic directory, lists every file with its size (and the
+sha256 of the small JSON / text files), so `checkpoint_problem` checks that a checkpoint is complete
+instead of assuming it. A checkpoint written before manifests existed counts as complete when its
+trainer_state.json and model.safetensors are there.
 """
 
 from __future__ import annotations
@@ -23,9 +29,13 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from nanovlm.files import atomic_directory, read_json, write_json
+from nanovlm.files import atomic_directory, read_json, sha256_file, write_json
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
+MANIFEST = "manifest.json"
+HASHED_SUFFIXES = (".json", ".txt", ".jinja")  # small files: sha256 as well as the size
+HASH_LIMIT_BYTES = 1 << 20
+REQUIRED = ("trainer_state.json", "model.safetensors")
 
 
 @dataclass
@@ -55,6 +65,62 @@ def checkpoint_dir(run_dir: Path) -> Path:
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     steps = [(int(m.group(1)), p) for p in checkpoint_dir(Path(run_dir)).glob("step-*") if (m := STEP_DIR.match(p.name))]
     return max(steps)[1] if steps else None
+
+
+def _step_dirs(run_dir: Path) -> list[tuple[int, Path]]:
+    return sorted((int(m.group(1)), p) for p in checkpoint_dir(Path(run_dir)).glob("step-*")
+                  if (m := STEP_DIR.match(p.name)) and p.is_dir())
+
+
+def write_manifest(path: Path) -> None:
+    """List every file of the checkpoint folder `path` (sizes; sha256 of the small text files)."""
+    files: dict[str, dict[str, Any]] = {}
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and p.name != MANIFEST):
+        entry: dict[str, Any] = {"size": file.stat().st_size}
+        if file.suffix in HASHED_SUFFIXES and entry["size"] <= HASH_LIMIT_BYTES:
+            entry["sha256"] = sha256_file(file)
+        files[file.relative_to(path).as_posix()] = entry
+    write_json(path / MANIFEST, {"version": 1, "files": files})
+
+
+def checkpoint_problem(path: str | Path) -> str | None:
+    """None when the training checkpoint at `path` is complete, else what is wrong with it (one line)."""
+    path = Path(path)
+    if not path.is_dir():
+        return "not a directory"
+    manifest = path / MANIFEST
+    if not manifest.exists():  # written before manifests: the two files resuming cannot do without
+        missing = [name for name in REQUIRED if not (path / name).is_file()]
+        return f"{', '.join(missing)} missing" if missing else None
+    try:
+        files = read_json(manifest)["files"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"{MANIFEST} unreadable ({e})"
+    for name, entry in files.items():
+        file = path / name
+        try:
+            size = file.stat().st_size
+            if size != entry.get("size"):
+                return f"{name} is {size} bytes, expected {entry.get('size')} (truncated or overwritten?)"
+            if "sha256" in entry and sha256_file(file) != entry["sha256"]:
+                return f"{name} does not match its sha256 in {MANIFEST}"
+        except FileNotFoundError:
+            return f"{name} missing"
+        except OSError as e:
+            return f"{name} unreadable ({e})"
+    missing = [name for name in REQUIRED if name not in files]
+    return f"{', '.join(missing)} missing" if missing else None
+
+
+def latest_complete_checkpoint(run_dir: str | Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest complete step-N folder (or None), and the newer ones skipped with their problems."""
+    skipped = []
+    for _, path in reversed(_step_dirs(Path(run_dir))):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path, skipped
+        skipped.append((path, problem))
+    return None, skipped
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -98,7 +164,10 @@ def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> No
 
 def save_training_checkpoint(run_dir: str | Path, model: Any, optimizer: torch.optim.Optimizer, state: TrainerState,
                              keep: int = 2) -> Path:
-    """Write checkpoints/step-N atomically, then prune all but the newest `keep`."""
+    """Write checkpoints/step-N atomically (manifest last), check it, then prune all but the newest `keep`.
+
+    Older checkpoints are removed only once the new one is in place and checks out; folders of later
+    steps (an abandoned timeline after resuming from an earlier checkpoint) are left alone."""
     path = checkpoint_dir(Path(run_dir)) / f"step-{state.step:06d}"
     with atomic_directory(path) as tmp:
         model.write_files(tmp, meta=state.meta())
@@ -109,8 +178,12 @@ def save_training_checkpoint(run_dir: str | Path, model: Any, optimizer: torch.o
         save_file(rng_tensors, str(tmp / "rng.safetensors"))
         write_json(tmp / "rng.json", rng_meta)
         write_json(tmp / "trainer_state.json", asdict(state))
-    steps = sorted(p for p in checkpoint_dir(Path(run_dir)).glob("step-*") if STEP_DIR.match(p.name))
-    for old in steps[: max(0, len(steps) - keep)]:
+        write_manifest(tmp)  # last: a folder with a valid manifest holds everything it lists
+    problem = checkpoint_problem(path)
+    if problem is not None:  # never prune the previous checkpoints for one that is not whole
+        raise OSError(f"checkpoint {path} was written but is incomplete: {problem}")
+    steps = [p for step, p in _step_dirs(Path(run_dir)) if step <= state.step]
+    for old in steps[: max(0, len(steps) - max(keep, 1))]:
         shutil.rmtree(old, ignore_errors=True)
     return path
 

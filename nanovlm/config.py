@@ -86,6 +86,8 @@ class TrainConfig:
     eval_limit: int = _f(0, "evaluate the first N items of each task (the same ones every time); 0 = all")
     eval_data_dir: str = _f("", "folder of <task>.parquet files for eval_tasks (python -m evals.fixtures makes "
                                 "offline ones); '' = each task's hub dataset")
+    eval_async: bool = _f(False, "score the benchmarks of a saved checkpoint in another process (on another GPU at "
+                                 "once, else after training) instead of pausing training")
     best_metric: str = _f("val/loss", "metric that picks the best checkpoint: val/loss (lower is better) or an "
                                       "eval/<task>/<score> of eval_tasks (higher is better)")
     log_interval: int = _f(10, "read the step's numbers back from the device and log them every N steps",

@@ -172,7 +172,58 @@ def _client(tracking_uri: str | None) -> tuple[MlflowClient, str]:
     db = _sqlite_path(uri)
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)  # sqlite creates the file, not its directory
+    elif uri.startswith(("http://", "https://")):
+        check_server(uri)
+    if db is not None and uri not in _prepared_stores:
+        return _open_sqlite_store(uri, db), uri
     return MlflowClient(tracking_uri=uri), uri
+
+
+_prepared_stores: set[str] = set()  # sqlite URIs this process has opened (created / migrated) already
+_checked_servers: set[str] = set()
+SERVER_TIMEOUT_S = 5.0
+
+
+def _open_sqlite_store(uri: str, db: Path) -> MlflowClient:
+    """The first client of a sqlite store in this process, made under `<db>.lock`: MLflow creates the
+    tables of a new database (its schema migration) when a client first opens the store, and two
+    processes doing that at once crash one of them and can leave the database half made. Under the
+    lock the second one finds the tables there. MLflow caches the store, so later clients skip this."""
+    from mlflow import MlflowClient
+
+    from nanovlm.files import file_lock
+
+    with file_lock(db.with_name(db.name + ".lock")):
+        client = MlflowClient(tracking_uri=uri)
+        client._tracking_client.store  # noqa: B018 - built in the constructor today; make sure it is built here
+    _prepared_stores.add(uri)
+    return client
+
+
+def check_server(uri: str, timeout_s: float = SERVER_TIMEOUT_S) -> None:
+    """Fail fast, with one line, when the tracking server at `uri` does not answer (MLflow's own
+    client retries for minutes before it gives up). Any HTTP answer counts as reachable, except a
+    proxy's 502/503/504 (the server behind it is down)."""
+    if uri in _checked_servers:
+        return
+    import urllib.error
+    import urllib.request
+
+    url = uri.rstrip("/") + "/health"
+    try:
+        urllib.request.urlopen(url, timeout=timeout_s).close()
+    except urllib.error.HTTPError as e:
+        if e.code not in (502, 503, 504):
+            _checked_servers.add(uri)
+            return
+        reason = f"HTTP {e.code}"
+    except (OSError, ValueError) as e:  # refused, timed out, unknown host, bad URL
+        reason = str(getattr(e, "reason", None) or e)
+    else:
+        _checked_servers.add(uri)
+        return
+    raise RuntimeError(f"the MLflow tracking server at {uri} does not answer ({reason}): start it with "
+                       f"`mlflow server ...` or unset MLFLOW_TRACKING_URI")
 
 
 def _experiment_id(client: MlflowClient, name: str, tracking_uri: str) -> str:

@@ -101,3 +101,22 @@ def test_benchmark_items_split_over_two_processes_give_the_one_process_scores(tm
     assert [p["output"] for p in split["predictions"]] == [p["output"] for p in alone.predictions]
     assert len(split["predictions"]) == 18
     assert len({p["output"] for p in alone.predictions}) > 1  # distinct replies: the order is checked too
+
+
+@pytest.mark.slow
+def test_async_benchmarks_are_logged_to_the_run_at_their_checkpoints_steps(tmp_path):
+    """--eval_async on CPU: the checkpoints are saved as training goes and scored after it, by
+    `python -m evals.run` in another process, into the same MLflow run at their own steps."""
+    fixtures = tmp_path / "evalfix"
+    write_all(fixtures)
+    cfg = _cfg(tmp_path, eval_tasks="mmstar", eval_steps=3, eval_limit=8, eval_data_dir=str(fixtures),
+               eval_async=True, max_steps=6, run_name="async")
+    result = run_experiment(cfg, tracking_uri=_uri(tmp_path))
+    assert [step for step, _ in _history(tmp_path, result.run_id, M.eval_name("mmstar", "average"))] == [3, 6]
+    assert sorted(p.name for p in (result.run_dir / "checkpoints" / "eval").iterdir()) == ["step-000003",
+                                                                                            "step-000006"]
+    run = _client(tmp_path).get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    with pytest.raises(ConfigError, match="too late to pick checkpoints"):
+        run_experiment(_cfg(tmp_path, eval_tasks="mmstar", eval_data_dir=str(fixtures), eval_async=True,
+                            best_metric="eval/mmstar/average"), tracking_uri=_uri(tmp_path))
