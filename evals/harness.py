@@ -45,20 +45,15 @@ REFERENCE = {"name": "lmms-eval", "version": "0.7.3"}
 @functools.lru_cache(maxsize=None)
 def harness_info() -> dict[str, str]:
     """This harness's name and version (the package's, and the git commit when run from a clone)."""
-    import subprocess
     from importlib.metadata import PackageNotFoundError, version
-    from pathlib import Path
+
+    from nanovlm.provenance import git_sha
 
     try:
         package = version("nanovlm-lab")
     except PackageNotFoundError:
         package = "unknown"
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                                text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    return {"name": "nanovlm-lab evals", "version": package, "git_commit": commit or "unknown",
+    return {"name": "nanovlm-lab evals", "version": package, "git_commit": git_sha(short=False),
             "rules": f"{REFERENCE['name']} {REFERENCE['version']}"}
 
 

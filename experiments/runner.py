@@ -11,10 +11,7 @@ artifacts. Importable (sweeps call it); `experiments/run.py` is only its command
 from __future__ import annotations
 
 import logging
-import os
-import platform
 import re
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +28,7 @@ from nanovlm.data.datasets import SampleProcessor, StreamingVQA, VQADataset, loa
 from nanovlm.distributed import Dist
 from nanovlm.files import HeldLock, LockBusy, try_lock, write_json
 from nanovlm.model.vlm import build_vlm, check_compatible
+from nanovlm.provenance import device_description, git_sha, library_versions
 from nanovlm.tracking import MLflowTracker, NullTracker, mark_orphans_killed
 from nanovlm.train import pick_device, train
 
@@ -143,22 +141,9 @@ def claim_new_run_dir(cfg: ExperimentConfig) -> tuple[Path, HeldLock]:
     raise ConfigError(f"could not create a new run folder {base} under {out}: 999 exist already")
 
 
-def _git_sha() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).parent)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def _tags(cfg: ExperimentConfig, model: Any, device: torch.device, dataset: Any) -> dict[str, str]:
-    import transformers
-
     return {"preset": cfg.preset, "vision_encoder": model.arch.vision_source, "language_model": model.arch.language_source,
-            "git_sha": _git_sha(), "device": torch.cuda.get_device_name(device) if device.type == "cuda" else
-            f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
-            "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
+            "git_sha": git_sha(), "device": device_description(device), **library_versions(),
             "dataset": dataset.source, "dataset_fingerprint": dataset.fingerprint}
 
 

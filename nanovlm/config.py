@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,10 +111,6 @@ SECTIONS = ("model", "data", "train")
 
 class ConfigError(ValueError):
     """A bad configuration value or name; the message says how to fix it."""
-
-
-def field_help(cls: type, name: str) -> str:
-    return next(f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == name)
 
 
 def _leaf_fields(cfg: ExperimentConfig) -> dict[str, tuple[str | None, dataclasses.Field]]:
@@ -229,8 +224,3 @@ def diff(a: Any, b: Any) -> dict[str, tuple[Any, Any]]:
     """Fields whose values differ: name -> (a's value, b's value)."""
     fa, fb = flatten(a), flatten(b)
     return {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)}
-
-
-def dumps(cfg: Any) -> str:
-    return json.dumps(to_dict(cfg), indent=2, sort_keys=False)
-

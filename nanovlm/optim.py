@@ -19,7 +19,6 @@ from torch import nn
 
 from nanovlm.config import TrainConfig
 
-PARTS = ("projector", "vision", "language")
 _MODULE = {"projector": "projector", "vision": "vision", "language": "lm"}
 
 

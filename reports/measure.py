@@ -47,8 +47,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import platform
 import resource
 import statistics
 import sys
@@ -65,6 +63,7 @@ from nanovlm import metrics as M
 from nanovlm.config import ExperimentConfig, TrainConfig, from_dict, override, to_dict
 from nanovlm.data.packing import collate_rows, model_inputs, pack
 from nanovlm.data.processors import IGNORE_INDEX
+from nanovlm.provenance import device_description
 from nanovlm.optim import apply_freezing, build_optimizer, group_rates, set_train_mode
 from reports import names as N
 
@@ -91,13 +90,6 @@ def peak_tflops(device_name: str) -> float | None:
         if key.lower() in device_name.lower():
             return value
     return None
-
-
-def device_description(device: torch.device) -> str:
-    """The same wording as the training runs' `device` tag, so rows from both group together."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
 # ----------------------------------------------------------------------------- counting

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,7 @@ from typing import Any
 from experiments.presets import PRESETS, get_preset
 from nanovlm import metrics as M
 from nanovlm.config import ConfigError, ExperimentConfig, flatten, override
+from nanovlm.provenance import git_sha, library_versions
 from reports import names as N
 
 # The five rows of the source document's "Model Size Comparison" table, in its order.
@@ -52,30 +52,6 @@ DEFAULT_ROWS = ("original_small", "default", "dinov3_gemma", "dinov3b_smollm", "
 DEFAULT_SAMPLE_LEN = 256  # reports.measure.DEFAULT_SAMPLE_LEN (not imported here: it would load torch)
 RUN_KIND_TAG = "run_kind"  # "profile" on every profile run, whatever experiment it is in
 PROFILE_KIND = "profile"
-
-
-def git_sha() -> str:
-    """Short commit of this checkout ("+dirty" when tracked files changed), or "unknown"."""
-    here = Path(__file__).parent
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=here).stdout.strip()
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], capture_output=True, timeout=10, cwd=here).returncode
-        return (sha + ("+dirty" if dirty == 1 else "")) if sha else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def library_versions() -> dict[str, str]:
-    import mlflow
-    import torch
-    import transformers
-
-    versions = {"torch": torch.__version__, "transformers": transformers.__version__, "mlflow": mlflow.__version__,
-                "python": platform.python_version()}
-    if torch.version.cuda:
-        versions["cuda"] = torch.version.cuda
-    return versions
 
 
 def parse_sets(items: list[str]) -> dict[str, str]:

@@ -10,8 +10,7 @@ No torchvision: resizing is PIL's, normalisation is numpy.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -51,9 +50,6 @@ class ImageTransform:
         return {"do_resize": True, "do_rescale": True, "do_normalize": True, "rescale_factor": 1 / 255,
                 "image_mean": list(self.mean), "image_std": list(self.std), "resample": self.resample,
                 "size": {"height": self.size, "width": self.size}}
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
 
 
 def native_image_size(pre: dict[str, Any]) -> int:

@@ -12,7 +12,6 @@ when possible, so it needs no download) and checks the image geometry before any
 from __future__ import annotations
 
 import logging
-import math
 import os
 import warnings
 from dataclasses import dataclass
