@@ -18,6 +18,26 @@ os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
 
 
 
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory):
+    """An empty MLflow sqlite store, made once per session (its migrations take seconds); tests copy it."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture(scope="session")
+def fixture_dir(tmp_path_factory) -> Path:
+    """The offline benchmark sets (python -m evals.fixtures), written once per session."""
+    from evals import fixtures
+
+    out = tmp_path_factory.mktemp("evalfix")
+    fixtures.write_all(out)
+    return out
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 

@@ -21,16 +21,6 @@ from nanovlm.data.datasets import SampleProcessor, load_splits
 TINY = ["tiny", "--max_steps", "2", "--batch_size", "1", "--train_samples", "8", "--val_samples", "4"]
 
 
-@pytest.fixture(scope="module")
-def mlflow_template(tmp_path_factory):
-    """An empty MLflow sqlite store, made once (MLflow's migrations take seconds)."""
-    from mlflow import MlflowClient
-
-    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
-    return path
-
-
 @pytest.fixture
 def home(tmp_path, monkeypatch):
     """Runs, stores and the working directory in tmp_path; nothing is created there by a refused input."""

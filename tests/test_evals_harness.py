@@ -8,7 +8,6 @@ test) so that what is scored is known exactly; the CLI tests load a real tiny ch
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -33,13 +32,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def fixture_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("evalfix")
-    fixtures.write_all(out)
-    return out
 
 
 # ---------------------------------------------------------------- fixtures and data checks

@@ -35,13 +35,6 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def fixture_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("evalfix")
-    fixtures.write_all(out)
-    return out
-
-
 def _lines(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()]
 

@@ -21,16 +21,6 @@ FLAGS = ["--max_steps", "2", "--validation_steps", "2", "--eval_interval", "2", 
          "--batch_size", "4", "--train_samples", "64", "--val_samples", "8"]
 
 
-@pytest.fixture(scope="module")
-def mlflow_template(tmp_path_factory):
-    """An empty MLflow sqlite store, made once (its migrations take seconds)."""
-    from mlflow import MlflowClient
-
-    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
-    return path
-
-
 @pytest.fixture
 def uri(tmp_path, mlflow_template, monkeypatch):
     shutil.copy(mlflow_template, tmp_path / "mlflow.db")

@@ -21,16 +21,6 @@ SHORT = ["--preset", "tiny", "--max_steps", "6", "--validation_steps", "2", "--e
 Done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
-@pytest.fixture(scope="module")
-def mlflow_template(tmp_path_factory):
-    """An empty MLflow sqlite store, made once: creating one runs MLflow's migrations (~15 s here)."""
-    from mlflow import MlflowClient
-
-    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
-    return path
-
-
 @pytest.fixture(autouse=True)
 def one_thread():
     """One torch thread: on 2 shared cores a second one mostly waits (about 5x slower trials here)."""

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import optuna
-import pytest
 
 from sweeps.storage import creation_lock
 from sweeps.study import TAG_RETRIED_FROM, TAG_ROLE, TAG_STATE, TAG_TRIAL
@@ -23,16 +22,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SHORT = ["--preset", "tiny", "--max_steps", "8", "--validation_steps", "2", "--eval_interval", "2",
          "--save_checkpoint_steps", "100", "--batch_size", "4", "--train_samples", "64", "--val_samples", "8"]
 State = optuna.trial.TrialState
-
-
-@pytest.fixture(scope="module")
-def mlflow_template(tmp_path_factory):
-    """An empty MLflow sqlite store, made once: creating one runs MLflow's migrations (~15 s here)."""
-    from mlflow import MlflowClient
-
-    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
-    return path
 
 
 def _worker(tmp_path: Path, study: str, *extra: str) -> subprocess.Popen:
