@@ -87,7 +87,8 @@ def generate(model: Any, questions: Sequence[str], images: Sequence[Any], *, cou
     device = next(model.parameters()).device
     counts = list(counts) if counts is not None else [image_count(x) for x in images]
     tok = model.tokenizer
-    prompt_ids = [encode_prompt(tok, q, model.image_placeholder * n) for q, n in zip(questions, counts)]
+    prompt_ids = [encode_prompt(tok, q, model.image_placeholder * n, model.arch.cfg.image_token)
+                  for q, n in zip(questions, counts)]
     order = sorted(range(len(questions)), key=lambda i: len(prompt_ids[i]))  # similar lengths -> little padding
     batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
     loader = torch.utils.data.DataLoader(

@@ -125,3 +125,14 @@ def test_streamed_dataset_holds_out_validation_and_resumes_by_position(tmp_path)
     assert len(shards[0]) == len(shards[1]) == 8
     train_keys = {r["texts"][0]["user"] + str(hash(r["images"][0]["bytes"])) for r in splits.train}
     assert not held_out & train_keys
+
+
+def test_a_question_quoting_the_image_token_gets_no_extra_image_slots():
+    from conftest import tiny_vlm
+    from nanovlm.data.processors import encode_prompt
+
+    model = tiny_vlm()
+    token = model.arch.cfg.image_token
+    plain = encode_prompt(model.tokenizer, "What is this?", model.image_placeholder, token)
+    quoted = encode_prompt(model.tokenizer, f"What is {token}this?", model.image_placeholder, token)
+    assert quoted == plain and plain.count(model.image_token_id) == model.arch.image_tokens

@@ -151,7 +151,10 @@ def encode_conversation(tok: Any, turns: list[dict[str, str]], image_placeholder
     return ids, labels
 
 
-def encode_prompt(tok: Any, question: str, image_placeholder: str) -> list[int]:
-    """Token ids of a single-turn prompt ending where the assistant's reply starts."""
+def encode_prompt(tok: Any, question: str, image_placeholder: str, image_token: str = "") -> list[int]:
+    """Token ids of a single-turn prompt ending where the assistant's reply starts. `image_token` is
+    removed from the question, as `clean_turns` does for training data: only the images make slots."""
+    if image_token:
+        question = question.replace(image_token, "")
     text = _render(tok, [{"role": "user", "content": image_placeholder + question}], add_generation_prompt=True)
     return tok(text, add_special_tokens=False)["input_ids"]
