@@ -51,6 +51,7 @@ from typing import Any, Callable
 
 import optuna
 
+from evals.during_training import SYNTHETIC, task_names
 from experiments.runner import default_run_name, run_experiment
 from nanovlm import dashboard as D
 from nanovlm import metrics as M
@@ -104,8 +105,8 @@ def user_error_message(err: BaseException) -> str | None:
 def known_metrics(cfg: ExperimentConfig) -> list[str]:
     """The metrics a trial's RunResult carries, i.e. what a sweep can optimise."""
     names = [M.VAL_LOSS, M.BEST_VAL_LOSS, M.TRAIN_LOSS]
-    tasks = [t.strip() for t in cfg.train.eval_tasks.split(",") if t.strip()]
-    if cfg.data.dataset == "synthetic" and "synthetic" in tasks:  # held-out questions exist on synthetic data only
+    tasks = task_names(cfg)
+    if cfg.data.dataset == "synthetic" and SYNTHETIC in tasks:  # held-out questions exist on synthetic data only
         for task in ("synthetic", "synthetic_blind"):
             names += [M.eval_name(task, kind) for kind in (*QUESTION_TYPES, "overall")]
     return names
@@ -113,7 +114,7 @@ def known_metrics(cfg: ExperimentConfig) -> list[str]:
 
 def _benchmark_metric(metric: str, cfg: ExperimentConfig) -> bool:
     """eval/<task>/<score> of a benchmark in --eval_tasks (its score names come from the task at run time)."""
-    tasks = {t.strip() for t in cfg.train.eval_tasks.split(",")} - {"synthetic", ""}
+    tasks = set(task_names(cfg)) - {SYNTHETIC}
     return metric.count("/") == 2 and metric.startswith("eval/") and metric.split("/")[1] in tasks
 
 

@@ -18,6 +18,17 @@ os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
 
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """The tiny model runs fastest on one thread; on a shared, busy CPU, 2 threads can be 50x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def mlflow_template(tmp_path_factory):
     """An empty MLflow sqlite store, made once per session (its migrations take seconds); tests copy it."""

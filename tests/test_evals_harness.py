@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from conftest import tiny_vlm
 from fixtures_evals import StubModel, echo
 
@@ -25,13 +24,7 @@ from nanovlm.data.processors import encode_prompt
 MMSTAR = get_task("mmstar")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny model runs fastest on one thread; on a shared, busy CPU, 2 threads can be 50x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---------------------------------------------------------------- fixtures and data checks

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import ROOT, tiny_vlm
 from fixtures_evals import StubModel
 
@@ -27,12 +26,7 @@ MMSTAR = get_task("mmstar")
 TIMING = ("seconds", "items_per_s", "items_timed")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _lines(path: Path) -> list[dict]:
