@@ -22,6 +22,7 @@ import torch
 from evals.during_training import build_evaluator
 from experiments.presets import get_preset
 from nanovlm import metrics as M
+from nanovlm import plots
 from nanovlm.checkpoint import checkpoint_problem, latest_checkpoint, latest_complete_checkpoint, read_trainer_state
 from nanovlm.config import ConfigError, ExperimentConfig, diff, flatten, from_dict
 from nanovlm.data.datasets import SampleProcessor, StreamingVQA, VQADataset, load_splits
@@ -148,12 +149,7 @@ def _tags(cfg: ExperimentConfig, model: Any, device: torch.device, dataset: Any)
 
 
 def _plot_losses(history: dict[str, list[list[float]]], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plots.pyplot().subplots(figsize=(7, 4))
     for name, points in history.items():
         if points and name.endswith("loss"):  # benchmark scores are on their own charts in MLflow
             steps, values = zip(*points)
@@ -162,10 +158,7 @@ def _plot_losses(history: dict[str, list[list[float]]], path: Path) -> Path:
     ax.set_ylabel("loss")
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return plots.save(fig, path)
 
 
 def run_experiment(cfg: ExperimentConfig, resume: str | None = None, parent_run_id: str | None = None,
