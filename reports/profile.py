@@ -44,12 +44,12 @@ from typing import Any
 from experiments.presets import PRESETS, get_preset
 from nanovlm import metrics as M
 from nanovlm.config import ConfigError, ExperimentConfig, flatten, override
-from nanovlm.provenance import git_sha, library_versions
+from nanovlm.provenance import device_description, git_sha, library_versions
 from reports import names as N
 
 # The five rows of the source document's "Model Size Comparison" table, in its order.
 DEFAULT_ROWS = ("original_small", "default", "dinov3_gemma", "dinov3b_smollm", "dinov3l_gemma")
-DEFAULT_SAMPLE_LEN = 256  # reports.measure.DEFAULT_SAMPLE_LEN (not imported here: it would load torch)
+DEFAULT_SAMPLE_LEN = 256  # reports.batches.DEFAULT_SAMPLE_LEN (not imported here: it would load torch)
 RUN_KIND_TAG = "run_kind"  # "profile" on every profile run, whatever experiment it is in
 PROFILE_KIND = "profile"
 
@@ -126,7 +126,8 @@ def profile_row(name: str, cfg: ExperimentConfig, a: argparse.Namespace, common_
     process with --in_process). Another one can log measurements taken elsewhere.
     """
     from nanovlm.tracking import MLflowTracker
-    from reports.measure import FLOPS_FORMULA, count_parameters, device_description
+    from reports.flops import FLOPS_FORMULA
+    from reports.param_counts import count_parameters
 
     import torch
 

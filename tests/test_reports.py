@@ -19,7 +19,11 @@ from experiments.presets import get_preset
 from nanovlm import metrics as M
 from reports import names as N
 from reports import profile, size_table
-from reports.measure import count_parameters, model_flops, peak_tflops
+from reports.flops import model_flops, peak_tflops
+from reports.param_counts import count_parameters
+from reports.rows import collect_rows, select_evals
+from reports.runs import load_runs
+from reports.table import build_table
 
 SEQ_LEN = 40  # tiny: 16 image tokens + 24 text tokens
 # Packed: rows of 160 tokens holding 4 samples of 40 tokens each (one image per sample).
@@ -112,7 +116,7 @@ def test_packed_flags_and_their_defaults():
     for bad in (["--sample_len", "64"], ["--packed", "--seq_len", "128", "--sample_len", "256"]):
         with pytest.raises(SystemExit):
             profile.parse_args(bad + ["--device", "cpu"])
-    from reports.measure import DEFAULT_SAMPLE_LEN
+    from reports.batches import DEFAULT_SAMPLE_LEN
 
     assert profile.DEFAULT_SAMPLE_LEN == DEFAULT_SAMPLE_LEN
 
@@ -121,7 +125,7 @@ def test_synthetic_batch_is_collated_like_training_and_packs_several_samples_per
     from conftest import tiny_vlm
 
     from nanovlm.data.processors import IGNORE_INDEX
-    from reports.measure import synthetic_batch
+    from reports.batches import synthetic_batch
 
     model = tiny_vlm()
     batch = synthetic_batch(model, PACKED["batch_size"], PACKED["seq_len"], packed=True,
@@ -187,8 +191,8 @@ def test_a_packed_profile_logs_its_layout_and_the_table_shows_it(store, client):
     assert params["profile.packed"] == "True" and params["profile.sample_len"] == "40"
     assert m[N.SAMPLES_PER_ROW] == 4 and m[N.STEP_PEAK_MEMORY_MB] > 0 and M.PEAK_MEMORY_MB not in m
     assert "sum over the samples i" in run.data.tags["flops_formula"]
-    frame, _ = size_table.load_runs(["profile_packed"], store)
-    table = size_table.build_table(frame)
+    frame, _ = load_runs(["profile_packed"], store)
+    table = build_table(frame)
     tiny = _cells(table.markdown, "tiny")
     assert tiny["Peak memory (BS=1)"].startswith(f"{m[N.STEP_PEAK_MEMORY_MB] / 1024:.2f} GiB (2 x 160-token packed rows)")
     assert "each packed with 4 samples of 40 tokens" in _footnote(table.markdown, tiny["Training speed (samples/s)"])
@@ -202,14 +206,14 @@ def test_the_table_reads_the_profiles_step_peak_not_the_training_loops_name(stor
     # A profile run that (wrongly) carries both names with different values: the step peak wins.
     _fake_run(store, "profile_names", tags, {N.STEP_PEAK_MEMORY_MB: 2048.0, M.PEAK_MEMORY_MB: 9999.0,
                                              M.SAMPLES_PER_S: 1.0})
-    frame, _ = size_table.load_runs(["profile_names"], store)
-    table = size_table.build_table(frame)
+    frame, _ = load_runs(["profile_names"], store)
+    table = build_table(frame)
     assert _cells(table.markdown, "tiny")["Peak memory (BS=1)"].startswith("2.00 GiB")
     assert table.frame.iloc[0]["step_peak_memory_mb"] == 2048.0
     # A profile logged before the rename has only train/peak_memory_mb, which then meant the same step peak.
     _fake_run(store, "profile_old", tags, {M.PEAK_MEMORY_MB: 3072.0, M.SAMPLES_PER_S: 1.0})
-    frame, _ = size_table.load_runs(["profile_old"], store)
-    assert _cells(size_table.build_table(frame).markdown, "tiny")["Peak memory (BS=1)"].startswith("3.00 GiB")
+    frame, _ = load_runs(["profile_old"], store)
+    assert _cells(build_table(frame).markdown, "tiny")["Peak memory (BS=1)"].startswith("3.00 GiB")
 
 
 # ----------------------------------------------------------------------------- size table
@@ -308,9 +312,9 @@ def test_table_writes_both_plots(table):
 
 
 def test_a_failed_profile_row_shows_its_error_as_the_footnote(store):
-    frame, missing = size_table.load_runs(["profile_failures"], store)
+    frame, missing = load_runs(["profile_failures"], store)
     assert not missing
-    md = size_table.build_table(frame).markdown
+    md = build_table(frame).markdown
     tiny = _cells(md, "tiny")
     assert tiny["Total Params"] == "0.21M"  # counted before the measurement failed
     note = _footnote(md, tiny["Training speed (samples/s)"])
@@ -319,9 +323,9 @@ def test_a_failed_profile_row_shows_its_error_as_the_footnote(store):
 
 def test_eval_columns_follow_the_patterns():
     names = ["eval/mmstar/failed", "eval/mme/total", "eval/mmstar/average", "eval/ai2d/accuracy"]
-    assert size_table.select_evals(names) == ["eval/mmstar/average", "eval/ai2d/accuracy", "eval/mme/total"]
-    assert size_table.select_evals(names, ("eval/*/accuracy",)) == ["eval/mmstar/average", "eval/ai2d/accuracy"]
-    assert size_table.select_evals([], ()) == ["eval/mmstar/average"]  # always a column, empty + footnote
+    assert select_evals(names) == ["eval/mmstar/average", "eval/ai2d/accuracy", "eval/mme/total"]
+    assert select_evals(names, ("eval/*/accuracy",)) == ["eval/mmstar/average", "eval/ai2d/accuracy"]
+    assert select_evals([], ()) == ["eval/mmstar/average"]  # always a column, empty + footnote
 
 
 def test_eval_experiment_name_matches_the_evaluation_cli():
@@ -330,7 +334,7 @@ def test_eval_experiment_name_matches_the_evaluation_cli():
 
 
 def test_an_empty_store_gives_a_table_that_says_so(tmp_path):
-    table = size_table.build_table(pd.DataFrame(columns=["run_id", "experiment", "status", "start_time"]))
+    table = build_table(pd.DataFrame(columns=["run_id", "experiment", "status", "start_time"]))
     assert "run `python -m reports.profile` first" in table.markdown and table.frame.empty
 
 
@@ -414,5 +418,5 @@ def test_profiles_from_before_packing_group_with_unpacked_ones_of_the_same_setti
         {**common, "run_id": "old", "start_time": 2},  # logged neither parameter
         {**common, "run_id": "packed", "start_time": 1, **layout("True", "20")},
     ])
-    rows, _, _ = size_table.collect_rows(frame)
+    rows, _, _ = collect_rows(frame)
     assert sorted(row.profile["run_id"] for row in rows) == ["new", "packed"]  # "old" is the same row as "new"
