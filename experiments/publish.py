@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from nanovlm.export.card import model_card, run_record
-from nanovlm.export.smolvlm import FORMATS, UnsupportedExport, check_exportable, export_checkpoint
+from nanovlm.export import FORMATS, UnsupportedExport, check_exportable, export_checkpoint
 
 # The model files of a checkpoint directory; optimizer / RNG / trainer state stay behind.
-MODEL_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "meta.json", "generation_config.json",
+MODEL_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "processor_config.json", "meta.json",
+               "generation_config.json",
                "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                "vocab.json", "merges.txt", "added_tokens.json")
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
+
+from nanovlm.model.processing_nanovlm import to_pixels
 
 # Used for base LMs that ship without a chat template (e.g. SmolLM2-135M).
 CHATML_TEMPLATE = (
@@ -40,10 +41,7 @@ class ImageTransform:
                    std=tuple(pre.get("image_std", (0.5,) * 3)), resample=int(pre.get("resample", 3)))
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        image = image.convert("RGB").resize((self.size, self.size), resample=Image.Resampling(self.resample))
-        x = np.asarray(image, dtype=np.float32) / 255.0  # (H, W, 3) in [0, 1]
-        x = (x - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
-        return torch.from_numpy(x.transpose(2, 0, 1).copy())  # (3, H, W)
+        return to_pixels(image, self.size, self.mean, self.std, self.resample)  # (3, H, W), as the processor does
 
     def to_preprocessor(self) -> dict[str, Any]:
         """The HF preprocessor_config.json fields this transform reproduces."""

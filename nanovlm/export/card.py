@@ -130,29 +130,27 @@ def _duration(record: RunRecord) -> str:
 
 
 def usage_snippet(repo_id: str, fmt: str | None, image_tokens: int) -> str:
-    if fmt == "smolvlm":
-        return f"""```python
-# pip install transformers num2words torchvision   (SmolVLMProcessor needs both, as for any SmolVLM)
-from PIL import Image
+    setup = {"smolvlm": ("# pip install transformers num2words torchvision   (SmolVLMProcessor needs both, as for any SmolVLM)", "", ""),
+             "remote": ("# pip install transformers pillow   (the model's code comes with the repository)", "",
+                        ", trust_remote_code=True")}
+    install, extra_import, kwargs = setup.get(fmt or "", (
+        "# pip install nanovlm-lab (this project): importing nanovlm registers its transformers classes",
+        "import nanovlm  # noqa: F401\n", ""))
+    return f"""```python
+{install}
+{extra_import}from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-processor = AutoProcessor.from_pretrained("{repo_id}")
-model = AutoModelForImageTextToText.from_pretrained("{repo_id}")
+processor = AutoProcessor.from_pretrained("{repo_id}"{kwargs})
+model = AutoModelForImageTextToText.from_pretrained("{repo_id}"{kwargs})
 messages = [{{"role": "user", "content": [{{"type": "image"}}, {{"type": "text", "text": "What colour is the shape?"}}]}}]
-prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 inputs = processor(text=[prompt], images=[[Image.open("image.png")]], return_tensors="pt")
 out = model.generate(**inputs, max_new_tokens=32)
 print(processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0])
 ```
 Put the image first in the first user message: the model was trained with its {image_tokens} image tokens
 in front of the question."""
-    return f"""```python
-# pip install nanovlm-lab (this project): the checkpoint is in its own format
-from nanovlm.model.vlm import VisionLanguageModel
-
-model = VisionLanguageModel.from_pretrained("{repo_id}")   # downloads the repository
-```
-See `nanovlm.data.processors.encode_prompt` and `VisionLanguageModel.generate` for prompting."""
 
 
 def model_card(checkpoint: str | Path, record: RunRecord, repo_id: str, fmt: str | None = None,
@@ -198,7 +196,8 @@ def model_card(checkpoint: str | Path, record: RunRecord, repo_id: str, fmt: str
               f"training samples, {p.get('data.val_samples', NOT_RECORDED)} held out",
               f"- steps: {steps}, batch size {p.get('train.batch_size', NOT_RECORDED)} "
               f"(x {p.get('train.gradient_accumulation_steps', '1')} accumulation), learning rates projector "
-              f"{p.get('train.lr_mp', NOT_RECORDED)} / backbones {p.get('train.lr_backbones', NOT_RECORDED)}",
+              f"{p.get('train.lr_projector', p.get('train.lr_mp', NOT_RECORDED))} "  # lr_mp: runs before the rename
+              f"/ backbones {p.get('train.lr_backbones', NOT_RECORDED)}",
               f"- final train loss {_metric(m, 'train/loss')}, validation loss {_metric(m, 'val/loss')} "
               f"(best {_metric(m, 'val/best_loss')})",
               f"- hardware: {t.get('device', NOT_RECORDED)}; wall time {_duration(record)}; "

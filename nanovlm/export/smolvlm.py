@@ -42,15 +42,16 @@ from typing import Any
 
 import torch
 
-FORMATS = ("smolvlm",)
+from nanovlm.model.processing_nanovlm import processor_chat_template
+
 REFUSED_FORMATS = {
     "idefics3": "Idefics3's processor always wraps an image in <fake_token_around_image><global-img>...; "
                 "these models were trained without them (use --format smolvlm: same weights, exact token layout)",
 }
 VISION_TYPES = {"siglip_vision_model": "SigLIP / SigLIP2 (fixed resolution)"}
 LANGUAGE_TYPES = {"llama": "SmolLM2 (Llama)", "gemma3_text": "Gemma 3"}
-SUPPORTED = (f"supported: --format {' / '.join(FORMATS)} with vision {', '.join(VISION_TYPES.values())} and "
-             f"language {', '.join(LANGUAGE_TYPES.values())}")
+SUPPORTED = (f"--format smolvlm takes vision {', '.join(VISION_TYPES.values())} with language "
+             f"{', '.join(LANGUAGE_TYPES.values())}; --format remote exports every combination (trust_remote_code=True)")
 EMPTY_WRAPPERS = {"fake_image_token": "", "global_image_token": ""}
 EXTRA_FILES = ("meta.json",)  # carried over for the model card (transformers ignores it)
 
@@ -91,17 +92,14 @@ def smolvlm_patch_positions(grid: int) -> torch.Tensor:
 def check_exportable(checkpoint: str | Path, fmt: str) -> ExportPlan:
     """Decide from config.json (no weights read) whether `checkpoint` exports to `fmt`; else UnsupportedExport."""
     path = Path(checkpoint)
-    if fmt in REFUSED_FORMATS:
-        raise UnsupportedExport(f"--format {fmt} is refused: {REFUSED_FORMATS[fmt]}")
-    if fmt not in FORMATS:
-        raise UnsupportedExport(f"unknown format {fmt!r}; {SUPPORTED}")
     config_file = path / "config.json"
     if not config_file.is_file():
         raise UnsupportedExport(f"{path} is not a checkpoint directory (no config.json)")
     stored = json.loads(config_file.read_text())
     if stored.get("model_type") != "nanovlm":
         raise UnsupportedExport(f"{path} is not a nanovlm checkpoint (model_type {stored.get('model_type')!r})")
-    vision, language, cfg = stored["vision_config"], stored["language_config"], stored["model"]
+    vision, cfg = stored["vision_config"], stored["model"]
+    language = stored["text_config"] if "text_config" in stored else stored["language_config"]  # older checkpoints
     problems = []
     if vision.get("model_type") not in VISION_TYPES:
         problems.append(f"vision encoder {vision.get('model_type')!r} has no SmolVLM equivalent")
@@ -182,26 +180,6 @@ def _copy_vision(model: Any, target: Any, plan: ExportPlan) -> None:
 
 
 # --------------------------------------------------------------------------- processor files
-
-
-def processor_chat_template(template: str, image_token: str) -> str:
-    """A processor template: message contents as lists ({"type": "image"} / {"type": "text"}) become the
-    strings our tokenizer's template renders (an image -> one image token, expanded by the processor)."""
-    prefix = (
-        "{%- set _ns = namespace(msgs=[]) -%}"
-        "{%- for _m in messages -%}"
-        "{%- if _m['content'] is string -%}{%- set _ns.msgs = _ns.msgs + [_m] -%}"
-        "{%- else -%}{%- set _t = namespace(s='') -%}"
-        "{%- for _p in _m['content'] -%}"
-        "{%- if _p['type'] == 'image' -%}{%- set _t.s = _t.s + '" + image_token + "' -%}"
-        "{%- elif _p['type'] == 'text' -%}{%- set _t.s = _t.s + _p['text'] -%}{%- endif -%}"
-        "{%- endfor -%}"
-        "{%- set _ns.msgs = _ns.msgs + [{'role': _m['role'], 'content': _t.s}] -%}"
-        "{%- endif -%}"
-        "{%- endfor -%}"
-        "{%- set messages = _ns.msgs -%}"
-    )
-    return prefix + template
 
 
 def image_processor_config(transform: Any) -> dict[str, Any]:

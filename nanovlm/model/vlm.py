@@ -26,12 +26,16 @@ from nanovlm.config import ConfigError, ModelConfig, diff, from_dict, to_dict
 from nanovlm.data.processors import ImageTransform, load_tokenizer, prepare_tokenizer, stop_token_ids
 from nanovlm.files import atomic_directory, read_json, write_json
 from nanovlm.model.attention import packed_attention_mask
+from nanovlm.model.configuration_nanovlm import NanoVLMConfig
+from nanovlm.model.embedding import ImageTextEmbedding, embed_scale
 from nanovlm.model.loss import linear_cross_entropy
+from nanovlm.model.processing_nanovlm import NanoVLMImageProcessor, NanoVLMProcessor, processor_chat_template
 from nanovlm.model.projector import ModalityProjector
 from nanovlm.model.vision import VisionEncoder
 
 log = logging.getLogger(__name__)
 WEIGHTS = "model.safetensors"
+HF_ARCHITECTURE = "NanoVLMForConditionalGeneration"  # the transformers class of our checkpoints
 # Fields that do not change the network: a checkpoint may differ in them.
 NON_ARCHITECTURE_FIELDS = {"random_init"}
 
@@ -108,7 +112,13 @@ def _architecture(cfg: ModelConfig, vision_source: str, language_source: str, vi
                         patch, grid, factor, (grid // factor) ** 2, backbones.num_prefix_tokens(vision_config))
 
 
-class VisionLanguageModel(nn.Module):
+class VisionLanguageModel(ImageTextEmbedding, nn.Module):
+    """The model training and evaluation use: packed-row loss, batched generation, checkpoints.
+
+    Its modules (`vision`, `projector`, `lm`) and their names are those of the transformers model
+    `NanoVLMForConditionalGeneration`, so one checkpoint serves both.
+    """
+
     def __init__(self, arch: Architecture, vision: VisionEncoder, lm: nn.Module, tokenizer: Any):
         super().__init__()
         self.arch, self.cfg, self.tokenizer = arch, arch.cfg, tokenizer
@@ -116,43 +126,13 @@ class VisionLanguageModel(nn.Module):
         self.projector = ModalityProjector(arch.vision_config.hidden_size, lm.config.hidden_size, arch.factor)
         self.lm = lm
         self.image_token_id = tokenizer.convert_tokens_to_ids(arch.cfg.image_token) if tokenizer else -1
+        self.image_tokens = arch.image_tokens
         self.image_placeholder = arch.cfg.image_token * arch.image_tokens
-        # Gemma 3 multiplies token embeddings by sqrt(hidden) inside its embedding layer; image
-        # features replace embeddings after that layer, so they get the same factor.
-        self.embed_scale = float(getattr(lm.get_input_embeddings(), "scalar_embed_scale", 1.0))
+        self.embed_scale = embed_scale(lm)
         self.logit_softcap = getattr(lm.config, "final_logit_softcapping", None)
         self.loss_backend = "auto"  # see nanovlm.model.loss.BACKENDS
 
     # ---------------------------------------------------------------- forward
-
-    def embed(self, input_ids: torch.Tensor, images: torch.Tensor | None,
-              image_slots: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T) ids + (N, 3, H, W) images -> (B, T, D) LM input embeddings, image features in their slots.
-
-        `image_slots` (B, T) gives each image-token position the index of its feature in the flattened
-        (N * image_tokens, D) features, -1 on text. The training collator computes it on the CPU, so this
-        is a gather with static shapes and no host sync; blank padding images are simply never gathered.
-        Without it (prompts at evaluation) the slots are derived here, and their count is checked.
-        """
-        embeds = self.lm.get_input_embeddings()(input_ids)
-        if images is None or images.shape[0] == 0:
-            return embeds
-        if image_slots is None:
-            image_slots = self._image_slots(input_ids, images.shape[0])
-        features = self.projector(self.vision(images.to(embeds.dtype)))  # (N, tokens, D)
-        features = (features * self.embed_scale).to(embeds.dtype).flatten(0, 1)  # (N * tokens, D)
-        is_image = (image_slots >= 0).unsqueeze(-1)  # (B, T, 1)
-        return torch.where(is_image, features[image_slots.clamp(min=0)], embeds)
-
-    def _image_slots(self, input_ids: torch.Tensor, n_images: int) -> torch.Tensor:
-        """Slots in row-major order (sample by sample, image by image), checked against the images."""
-        is_image = input_ids == self.image_token_id
-        n_slots = int(is_image.sum())
-        if n_slots != n_images * self.arch.image_tokens:
-            raise ValueError(f"{n_slots} image-token slots in the batch but {n_images} images x "
-                             f"{self.arch.image_tokens} tokens each")
-        order = is_image.flatten().cumsum(0).view_as(input_ids) - 1
-        return torch.where(is_image, order, -1)
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, sequence_ids: torch.Tensor,
                 images: torch.Tensor | None, image_slots: torch.Tensor, loss_positions: torch.Tensor,
@@ -191,15 +171,11 @@ class VisionLanguageModel(nn.Module):
         transformers' generate does the decoding loop: KV cache, stop at the end-of-turn tokens,
         greedy or sampling. Rows that stop early are padded with the pad token.
         """
-        from transformers import GenerationConfig
-
         if attention_mask[:, -1].min() == 0:
             raise ValueError("generate expects left-padded prompts (tokenizer.padding_side = 'left')")
-        tok = self.tokenizer
-        config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=do_sample, use_cache=use_cache,
-                                  temperature=temperature if do_sample else None, top_p=top_p if do_sample else None,
-                                  top_k=None, eos_token_id=stop_token_ids(tok), pad_token_id=tok.pad_token_id,
-                                  bos_token_id=None, suppress_tokens=[self.image_token_id])
+        config = self.generation_config()
+        config.update(max_new_tokens=max_new_tokens, do_sample=do_sample, use_cache=use_cache, top_k=None,
+                      temperature=temperature if do_sample else None, top_p=top_p if do_sample else None)
         # Blocks compiled for training have static shapes (a growing KV cache would recompile them every
         # token), and training's attention kernel may be FlexAttention, made for packed rows: generate eagerly
         # with SDPA.
@@ -229,20 +205,44 @@ class VisionLanguageModel(nn.Module):
         return Path(path)
 
     def write_files(self, directory: Path, meta: dict[str, Any] | None = None) -> None:
-        """The checkpoint files, written into an existing (temporary) directory."""
+        """The checkpoint files, written into an existing (temporary) directory: a transformers checkpoint
+        (config, weights, tokenizer, image processor, processor, generation config) that
+        `AutoModelForImageTextToText` / `AutoProcessor` load once `nanovlm` is imported."""
         from safetensors.torch import save_model
 
-        write_json(directory / "config.json", {
-            "model_type": "nanovlm", "model": to_dict(self.cfg),
-            "vision_config": self.arch.vision_config.to_dict(),
-            "language_config": self.lm.config.to_dict(),
-            "sources": {"vision": self.arch.vision_source, "language": self.arch.language_source},
-        })
+        self.hf_config().save_pretrained(directory)
         save_model(self, str(directory / WEIGHTS))  # handles tied embeddings; no pickle
-        self.tokenizer.save_pretrained(directory)
-        write_json(directory / "preprocessor_config.json", self.arch.transform.to_preprocessor())
+        processor = self.processor()
+        processor.save_pretrained(directory)  # tokenizer, chat template, processor_config.json
+        processor.image_processor.save_pretrained(directory)  # preprocessor_config.json, for AutoImageProcessor
+        self.generation_config().save_pretrained(directory)
         if meta is not None:
             write_json(directory / "meta.json", meta)
+
+    def hf_config(self) -> NanoVLMConfig:
+        """The transformers config: both backbones' configs, how they are joined, and the project's own config."""
+        arch = self.arch
+        # As dicts: a config object passed in would be shared, and NanoVLMConfig sets (None) attention on its parts.
+        return NanoVLMConfig(vision_config=arch.vision_config.to_dict(), text_config=self.lm.config.to_dict(), image_token=self.cfg.image_token,
+                             image_token_id=self.image_token_id, image_size=arch.transform.size,
+                             pixel_shuffle_factor=arch.factor, image_tokens=arch.image_tokens,
+                             vision_prefix_tokens=arch.prefix_tokens, architectures=[HF_ARCHITECTURE],
+                             model=to_dict(self.cfg), sources={"vision": arch.vision_source, "language": arch.language_source})
+
+    def processor(self) -> NanoVLMProcessor:
+        """The transformers processor giving this model's exact pixels and prompt ids."""
+        image_processor = NanoVLMImageProcessor(**self.arch.transform.to_preprocessor())
+        template = processor_chat_template(self.tokenizer.chat_template, self.cfg.image_token)
+        return NanoVLMProcessor(image_processor, self.tokenizer, image_token=self.cfg.image_token,
+                                image_tokens=self.arch.image_tokens, chat_template=template)
+
+    def generation_config(self) -> Any:
+        """Greedy decoding that stops at EOS or the end of the turn and never emits the image token."""
+        from transformers import GenerationConfig
+
+        tok = self.tokenizer
+        return GenerationConfig(eos_token_id=stop_token_ids(tok), pad_token_id=tok.pad_token_id, bos_token_id=None,
+                                suppress_tokens=[self.image_token_id], do_sample=False)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, expect: ModelConfig | None = None,
@@ -301,8 +301,9 @@ def _architecture_from_checkpoint(cfg: ModelConfig, stored: dict[str, Any], path
         d = dict(d)
         return AutoConfig.for_model(d.pop("model_type"), **d)
 
+    language = stored["text_config"] if "text_config" in stored else stored["language_config"]  # older checkpoints
     with _quiet_transformers():
-        vision_config, language_config = rebuild(stored["vision_config"]), rebuild(stored["language_config"])
+        vision_config, language_config = rebuild(stored["vision_config"]), rebuild(language)
     transform = ImageTransform.from_preprocessor(read_json(path / "preprocessor_config.json"))
     return _architecture(cfg, stored["sources"]["vision"], stored["sources"]["language"], vision_config,
                          language_config, transform)
