@@ -14,7 +14,8 @@ from experiments.presets import PRESETS, get_preset
 from nanovlm import backbones, tiny
 from nanovlm.config import ConfigError, ModelConfig, override
 from nanovlm.data.processors import ImageTransform
-from nanovlm.model.vlm import VisionLanguageModel, build_vlm, resolve_architecture
+from nanovlm.model.architecture import resolve_architecture
+from nanovlm.model.vlm import VisionLanguageModel, build_vlm
 
 M = 1e6
 # Published figures (../shared/nanovlm-presets.md and the backbones' model cards), in parameters.

@@ -42,6 +42,8 @@ from typing import Any
 
 import torch
 
+from nanovlm.config import ModelConfig, from_dict
+from nanovlm.model.architecture import shuffle_factor
 from nanovlm.model.processing_nanovlm import processor_chat_template
 
 REFUSED_FORMATS = {
@@ -113,7 +115,7 @@ def check_exportable(checkpoint: str | Path, fmt: str) -> ExportPlan:
     image_size = int(pre["size"]["height"])
     patch = int(vision["patch_size"])
     grid = image_size // patch
-    factor = int(cfg.get("pixel_shuffle_factor") or 0) or _factor_from_tokens(grid, int(cfg["image_tokens"]))
+    factor = int(stored.get("pixel_shuffle_factor") or 0) or shuffle_factor(grid, from_dict(ModelConfig, cfg))
     positions = smolvlm_patch_positions(grid)
     if not torch.equal(positions, torch.arange(grid * grid)):
         raise UnsupportedExport(f"cannot export {path} to {fmt}: SmolVLM's patch positions for a {grid}x{grid} grid "
@@ -122,12 +124,6 @@ def check_exportable(checkpoint: str | Path, fmt: str) -> ExportPlan:
     scale = math.sqrt(language["hidden_size"]) if language["model_type"] == "gemma3_text" else 1.0
     return ExportPlan(fmt, vision["model_type"], language["model_type"], image_size, patch, grid, factor,
                       (grid // factor) ** 2, cfg["image_token"], scale)
-
-
-def _factor_from_tokens(grid: int, tokens: int) -> int:
-    """The factor resolve_architecture chose (see nanovlm.model.vlm.shuffle_factor)."""
-    divisors = [f for f in range(1, grid + 1) if grid % f == 0]
-    return min(divisors, key=lambda f: (abs((grid // f) ** 2 - tokens), f))
 
 
 # --------------------------------------------------------------------------- building

@@ -1,20 +1,18 @@
-"""The vision-language model: vision encoder -> pixel-shuffle projector -> causal LM.
+"""The vision-language model: vision encoder -> pixel-shuffle projector -> causal LM, and its checkpoints.
 
     model = build_vlm(ModelConfig(tiny=True))                 # backbones through transformers
     loss = model(**model_inputs(collate_rows(rows, ...), device))  # cross-entropy on answer tokens only
     new_tokens = model.generate(input_ids, attention_mask, images, max_new_tokens=8)
     model.save_pretrained("ckpt"); VisionLanguageModel.from_pretrained("ckpt")
 
-`resolve_architecture(cfg)` reads every dimension from the backbones' configs (bundled snapshots
-when possible, so it needs no download) and checks the image geometry before anything is built.
+The architecture is resolved and checked first (`nanovlm.model.architecture`); a checkpoint is a
+transformers checkpoint of `NanoVLMForConditionalGeneration` (`nanovlm.model.modeling_nanovlm`).
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +20,10 @@ import torch
 from torch import nn
 
 from nanovlm import backbones
-from nanovlm.config import ConfigError, ModelConfig, diff, from_dict, to_dict
-from nanovlm.data.processors import ImageTransform, load_tokenizer, prepare_tokenizer, stop_token_ids
+from nanovlm.config import ModelConfig, diff, from_dict, to_dict
+from nanovlm.data.processors import load_tokenizer, prepare_tokenizer, stop_token_ids
 from nanovlm.files import atomic_directory, read_json, write_json
+from nanovlm.model.architecture import Architecture, architecture_from_checkpoint, quiet_transformers, resolve_architecture
 from nanovlm.model.attention import packed_attention_mask
 from nanovlm.model.configuration_nanovlm import NanoVLMConfig
 from nanovlm.model.embedding import ImageTextEmbedding, embed_scale
@@ -33,7 +32,6 @@ from nanovlm.model.processing_nanovlm import NanoVLMImageProcessor, NanoVLMProce
 from nanovlm.model.projector import ModalityProjector
 from nanovlm.model.vision import VisionEncoder
 
-log = logging.getLogger(__name__)
 WEIGHTS = "model.safetensors"
 HF_ARCHITECTURE = "NanoVLMForConditionalGeneration"  # the transformers class of our checkpoints
 # Fields that do not change the network: a checkpoint may differ in them.
@@ -42,74 +40,6 @@ NON_ARCHITECTURE_FIELDS = {"random_init"}
 
 class IncompatibleCheckpoint(ValueError):
     """A checkpoint whose architecture differs from the one asked for."""
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """Everything `build_vlm` needs, resolved and checked at config time."""
-
-    cfg: ModelConfig
-    vision_source: str
-    language_source: str
-    vision_config: Any  # transformers config of the vision tower
-    language_config: Any  # transformers config of the causal LM
-    transform: ImageTransform
-    patch_size: int
-    grid: int  # patches per side
-    factor: int  # pixel shuffle factor
-    image_tokens: int  # per image, after the projector
-    prefix_tokens: int  # CLS + registers dropped from the encoder output
-
-    def describe(self) -> dict[str, Any]:
-        return {"vision": self.vision_source, "language": self.language_source, "image_size": self.transform.size,
-                "patch_size": self.patch_size, "patch_grid": f"{self.grid}x{self.grid}",
-                "pixel_shuffle_factor": self.factor, "image_tokens": self.image_tokens,
-                "dropped_prefix_tokens": self.prefix_tokens, "vision_hidden": self.vision_config.hidden_size,
-                "language_hidden": self.language_config.hidden_size}
-
-
-def shuffle_factor(grid: int, cfg: ModelConfig) -> int:
-    """The pixel-shuffle factor: given, or derived from the wanted number of image tokens.
-
-    A derived factor must divide the patch grid; when image_tokens is not reachable exactly (a
-    preset's 64 tokens on a 224 px encoder, say) the nearest reachable count is used and logged,
-    so swapping the encoder of a preset just works. An explicit factor that does not divide is an error.
-    """
-    divisors = [f for f in range(1, grid + 1) if grid % f == 0]
-    if cfg.pixel_shuffle_factor:
-        if grid % cfg.pixel_shuffle_factor:
-            raise ConfigError(f"the {grid}x{grid} patch grid is not divisible by pixel_shuffle_factor "
-                              f"{cfg.pixel_shuffle_factor}; use a factor in {divisors} or change image_size")
-        return cfg.pixel_shuffle_factor
-    factor = min(divisors, key=lambda f: (abs((grid // f) ** 2 - cfg.image_tokens), f))
-    if (grid // factor) ** 2 != cfg.image_tokens:
-        log.warning("a %dx%d patch grid cannot give %d image tokens (reachable: %s); using %d (pixel shuffle %d)",
-                    grid, grid, cfg.image_tokens, [(grid // f) ** 2 for f in divisors], (grid // factor) ** 2, factor)
-    return factor
-
-
-def resolve_architecture(cfg: ModelConfig) -> Architecture:
-    vision_source, language_source = backbones.resolve_vision(cfg), backbones.resolve_language(cfg)
-    with _quiet_transformers():
-        vision_config = backbones.vision_tower_config(backbones.load_backbone_config(vision_source))
-        language_config = backbones.load_backbone_config(language_source)
-    pre = backbones.read_json_file(vision_source, "preprocessor_config.json")
-    transform = ImageTransform.from_preprocessor(pre, cfg.image_size)
-    return _architecture(cfg, vision_source, language_source, vision_config, language_config, transform)
-
-
-def _architecture(cfg: ModelConfig, vision_source: str, language_source: str, vision_config: Any,
-                  language_config: Any, transform: ImageTransform) -> Architecture:
-    """Check the image geometry (size / patch / shuffle) and derive the token counts."""
-    patch = int(vision_config.patch_size)
-    if transform.size % patch:
-        ok = sorted({transform.size // patch * patch, (transform.size // patch + 1) * patch})
-        raise ConfigError(f"image_size {transform.size} is not divisible by the patch size {patch} of "
-                          f"{vision_source}; use {' or '.join(map(str, ok))}")
-    grid = transform.size // patch
-    factor = shuffle_factor(grid, cfg)
-    return Architecture(cfg, vision_source, language_source, vision_config, language_config, transform,
-                        patch, grid, factor, (grid // factor) ** 2, backbones.num_prefix_tokens(vision_config))
 
 
 class VisionLanguageModel(ImageTextEmbedding, nn.Module):
@@ -258,7 +188,7 @@ class VisionLanguageModel(ImageTextEmbedding, nn.Module):
         cfg = from_dict(ModelConfig, stored["model"])
         if expect is not None:
             check_compatible(cfg, expect, str(path))
-        arch = _architecture_from_checkpoint(cfg, stored, path)
+        arch = architecture_from_checkpoint(cfg, stored, path)
         model = _assemble(arch, pretrained=False, tokenizer=_load_checkpoint_tokenizer(path, cfg))
         try:
             missing, unexpected = load_model(model, str(path / WEIGHTS), strict=False, device=str(device))
@@ -294,21 +224,6 @@ def _load_checkpoint_tokenizer(path: Path, cfg: ModelConfig) -> Any:
     return prepare_tokenizer(AutoTokenizer.from_pretrained(path), cfg.image_token)
 
 
-def _architecture_from_checkpoint(cfg: ModelConfig, stored: dict[str, Any], path: Path) -> Architecture:
-    from transformers import AutoConfig
-
-    def rebuild(d: dict[str, Any]) -> Any:
-        d = dict(d)
-        return AutoConfig.for_model(d.pop("model_type"), **d)
-
-    language = stored["text_config"] if "text_config" in stored else stored["language_config"]  # older checkpoints
-    with _quiet_transformers():
-        vision_config, language_config = rebuild(stored["vision_config"]), rebuild(language)
-    transform = ImageTransform.from_preprocessor(read_json(path / "preprocessor_config.json"))
-    return _architecture(cfg, stored["sources"]["vision"], stored["sources"]["language"], vision_config,
-                         language_config, transform)
-
-
 def _tokenizer_for(arch: Architecture) -> Any:
     """The LM's tokenizer; with --random_init and no hub, the tiny stand-in of the same family."""
     try:
@@ -328,7 +243,7 @@ def _assemble(arch: Architecture, pretrained: bool, tokenizer: Any | None, vocab
     """Backbones from transformers (pretrained weights or random init), projector, resized vocabulary."""
     from transformers import AutoModel, AutoModelForCausalLM
 
-    with _quiet_transformers():
+    with quiet_transformers():
         if pretrained:
             load = lambda fn, src, **kw: backbones.hub_call(src, lambda: fn(src, dtype=torch.float32, **kw), "weights")  # noqa: E731
             vision_model = load(AutoModel.from_pretrained, arch.vision_source, config=arch.vision_config)
@@ -367,18 +282,3 @@ def build_vlm(cfg: ModelConfig, meta: bool = False, arch: Architecture | None = 
         return model
     pretrained = not cfg.random_init  # tiny stand-ins are "pretrained" from their local repo
     return _assemble(arch, pretrained=pretrained, tokenizer=_tokenizer_for(arch))
-
-
-class _quiet_transformers:
-    """Silence transformers' config warnings about the unused SigLIP text tower's token ids."""
-
-    def __enter__(self):
-        from transformers.utils import logging as hf_logging
-
-        self.level = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()
-
-    def __exit__(self, *exc):
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity(self.level)
