@@ -8,8 +8,10 @@ encoded so that DataLoader workers decode them (and a corrupt one fails only its
     data.image_counts[i]    # how many, read from the Arrow column without touching the bytes
     data.describe()         # source, split, rows, fingerprint: what results.json records
 
-A local source is a parquet file, a folder of parquet files, or a `save_to_disk` folder (a
-DatasetDict uses the task's split when it has it, or its only split).
+Loading (local or hub) and its errors come from nanovlm.data.sources, as for training data: a local
+source is a parquet file, a folder of parquet files, or a `save_to_disk` folder (a DatasetDict uses
+the task's split when it has it, or its only split). What is here is the benchmarks' own: the
+task's columns, lazy images per row, --limit and the record of what was evaluated.
 """
 
 from __future__ import annotations
@@ -20,63 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-
-class DataError(ValueError):
-    """The data cannot be used for the task (missing columns, split, file): the message says why."""
+from nanovlm.data.sources import DataSourceError, load_source, require_columns, undecoded_images
 
 
-def _local(path: str, split: str) -> Any:
-    import datasets
-
-    p = Path(path)
-    if p.is_dir() and any((p / f).exists() for f in ("state.json", "dataset_dict.json")):
-        ds = datasets.load_from_disk(str(p))
-        if isinstance(ds, datasets.DatasetDict):
-            if split in ds:
-                return ds[split]
-            if len(ds) == 1:
-                return next(iter(ds.values()))
-            raise DataError(f"{path} holds splits {list(ds)}, not {split!r}: pass the folder of one split")
-        return ds
-    if p.is_file() and p.suffix == ".parquet":
-        files: Any = str(p)
-    elif p.is_dir():
-        found = sorted(str(f) for f in p.rglob("*.parquet"))
-        if not found:
-            raise DataError(f"no parquet files under {path}")
-        # a split-named subset of the files, if the folder holds several splits
-        in_split = [f for f in found if f"/{split}" in f[len(str(p)):] or Path(f).name.startswith(split)]
-        files = in_split or found
-    else:
-        raise DataError(f"data path {path!r}: expected a .parquet file, a folder of parquet files or a "
-                        f"save_to_disk folder")
-    return datasets.load_dataset("parquet", data_files=files, split="train")
-
-
-def _hub(name: str, config: str | None, split: str, revision: str | None = None) -> Any:
-    import datasets
-
-    try:
-        return datasets.load_dataset(name, config, split=split, revision=revision)
-    except (OSError, ValueError) as err:  # offline, unknown repo or split: datasets raises these
-        first = str(err).splitlines()[0] if str(err) else ""
-        at = f", revision {revision}" if revision else ""
-        raise DataError(f"could not load {name!r} (config {config}, split {split!r}{at}) from the Hugging Face hub "
-                        f"({type(err).__name__}: {first}). Offline? Pass --data with a local copy (a parquet file "
-                        f"or folder, or a save_to_disk folder)") from err
-
-
-def _undecoded(ds: Any, image_columns: Sequence[str]) -> Any:
-    """Image columns as {"bytes", "path"} dicts: decoding happens in our workers, per item."""
-    import datasets
-
-    for column in image_columns:
-        feature = ds.features.get(column)
-        if isinstance(feature, datasets.Image):
-            ds = ds.cast_column(column, datasets.Image(decode=False))
-        elif isinstance(feature, (datasets.List, datasets.Sequence)) and isinstance(feature.feature, datasets.Image):
-            ds = ds.cast_column(column, datasets.List(datasets.Image(decode=False)))
-    return ds
+# the benchmarks' name for the library's data errors; evals.cli and during_training catch it
+DataError = DataSourceError
 
 
 def _image_counts(ds: Any, columns: Sequence[str]) -> list[int]:
@@ -167,21 +117,19 @@ def load_eval_data(source: str, *, split: str, columns: Sequence[str], image_col
                    schema_hint: str = "", revision: str | None = None) -> EvalData:
     """Load, check the columns (a missing one is an error naming it), keep images encoded.
     `revision` (a hub dataset's commit, branch or tag) applies to hub sources only."""
-    local = os.path.exists(source)
-    ds = _local(source, split) if local else _hub(source, config, split, revision)
-    needed = list(dict.fromkeys([*columns, *image_columns]))
-    missing = [c for c in needed if c not in ds.column_names]
-    if missing:
-        raise DataError(f"{task} data {source!r} is missing column(s) {missing}; found {ds.column_names}. "
-                        f"{schema_hint or 'Convert it to the task schema'} (or pass --data with such a copy)")
+    path = os.path.expanduser(source)
+    local = os.path.exists(path)
+    ds = load_source(source, split=split, configs=[config], revision=revision, flag="--data")
+    require_columns(ds.column_names, list(dict.fromkeys([*columns, *image_columns])), f"{task} data {source!r}",
+                    f"{schema_hint or 'Convert it to the task schema'} (or pass --data with such a copy)")
     total, fingerprint = len(ds), ds._fingerprint  # of the whole split, as loaded
     if limit is not None and limit < total:
         ds = ds.select(range(limit))
-    ds = _undecoded(ds, image_columns)
+    ds = undecoded_images(ds, image_columns)
     text_columns = [c for c in ds.column_names if c not in image_columns]
     rows = ds.select_columns(text_columns).to_list()
-    hashes = {f.name: _sha256(f) for f in _local_files(source)} if local else {}
-    return EvalData(source=str(Path(source).resolve()) if local else source, split=split, config=config, rows=rows,
+    hashes = {f.name: _sha256(f) for f in _local_files(path)} if local else {}
+    return EvalData(source=str(Path(path).resolve()) if local else source, split=split, config=config, rows=rows,
                     images=RowImages(ds, image_columns), image_counts=_image_counts(ds, image_columns),
                     fingerprint=fingerprint, total_rows=total, file_hashes=hashes,
                     revision=None if local else revision)

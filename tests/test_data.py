@@ -127,6 +127,65 @@ def test_streamed_dataset_holds_out_validation_and_resumes_by_position(tmp_path)
     assert not held_out & train_keys
 
 
+def _read(stream, n, start=0, rank=0, world_size=1):
+    return [x for _, x in zip(range(n), iter(stream.resume(start, rank, world_size)))]
+
+
+@pytest.mark.parametrize("num_shards", [4, 3])  # 4: each rank reads whole shards; 3: every other row
+def test_streamed_ranks_read_disjoint_parts_and_resume_exactly(num_shards):
+    import datasets
+
+    from nanovlm.data.datasets import StreamingVQA
+
+    stream = datasets.Dataset.from_dict({"id": list(range(40))}).to_iterable_dataset(num_shards=num_shards)
+    base = StreamingVQA(stream, lambda record: record["id"], seed=1, buffer_size=8)
+    reads = [_read(base, 50, rank=r, world_size=2) for r in (0, 1)]  # 2.5 epochs of 20 rows per rank
+    for epoch in (slice(0, 20), slice(20, 40)):
+        parts = [read[epoch] for read in reads]
+        assert not set(parts[0]) & set(parts[1]) and sorted(parts[0] + parts[1]) == list(range(40))
+    assert reads[0][:20] != reads[0][20:40]  # reshuffled each epoch
+    if num_shards == 4:  # no rank reads the other's shards (rows 10*i .. 10*i+9 are shard i)
+        assert all(len({x // 10 for x in read[:20]}) == 2 for read in reads)
+    for k in (7, 20, 23):  # within the first epoch, at its end, in the next
+        for r in (0, 1):
+            assert _read(base, 50 - k, start=k, rank=r, world_size=2) == reads[r][k:]
+
+
+def test_streamed_folder_holds_out_validation_on_every_rank(tmp_path):
+    from nanovlm.data.datasets import StreamingVQA, row_key
+    from nanovlm.data.sources import load_source, undecoded_images
+
+    records = synthetic.generate(24, seed=5)
+    for i in range(4):  # 4 files = 4 shards: each of 2 ranks reads 2 files
+        synthetic.save_parquet(records[6 * i: 6 * i + 6], tmp_path / f"part-{i}.parquet")
+    splits = load_splits(DataConfig(dataset=str(tmp_path), streaming=True, train_samples=0, val_samples=4), seed=0)
+    assert splits.train.num_shards == 4
+    held_out = {row_key(r) for r in splits.val}
+    stream = StreamingVQA(splits.train, _processor(), seed=0, buffer_size=8)
+    parts = [[row_key(r) for r in stream.resume(0, rank, 2).epoch(0)] for rank in (0, 1)]
+    everything = {row_key(r) for r in undecoded_images(load_source(str(tmp_path), streaming=True), ["images"])}
+    assert len(held_out) == 4 and not set(parts[0]) & set(parts[1])
+    assert sorted(parts[0] + parts[1]) == sorted(everything - held_out)
+
+
+def test_unreachable_hub_names_the_option_for_a_local_copy():
+    # tests run with HF_HUB_OFFLINE=1; training and the benchmarks share this loader and message
+    with pytest.raises(ConfigError, match="from the Hugging Face hub.*Pass --dataset with a local copy"):
+        load_splits(DataConfig(dataset="nobody/no-such-dataset", val_samples=1), seed=0)
+
+
+def test_a_save_to_disk_folder_of_several_splits_needs_the_right_one(tmp_path):
+    import datasets
+
+    from nanovlm.data.sources import DataSourceError, load_source
+
+    ds = synthetic.to_dataset(synthetic.generate(6, seed=6))
+    datasets.DatasetDict({"val": ds, "test": ds.select(range(2))}).save_to_disk(str(tmp_path / "dd"))
+    assert len(load_source(str(tmp_path / "dd"), split="test")) == 2
+    with pytest.raises(DataSourceError, match=r"holds splits \['val', 'test'\], not 'train'"):
+        load_splits(DataConfig(dataset=str(tmp_path / "dd"), val_samples=1), seed=0)
+
+
 def test_a_question_quoting_the_image_token_gets_no_extra_image_slots():
     from conftest import tiny_vlm
     from nanovlm.data.processors import encode_prompt

@@ -3,17 +3,19 @@
     splits = load_splits(cfg.data, seed)          # -> Splits(train, val, fingerprint, source)
     ds = VQADataset(splits.train, SampleProcessor(model, max_length))
     ds[i]  # -> {"input_ids", "labels", "pixel_values"} or None (unreadable image / too long: skipped)
+    stream = StreamingVQA(splits.train, processor).resume(samples_seen, rank, world_size)  # --streaming
 
-Schema: `images` (a list of images) and `texts` (a list of {"user", "assistant"} turns). Images
-are decoded here, not by `datasets`, so an unreadable image skips that sample (counted by the
-collator as `data/skipped`) instead of crashing a worker.
+Sources (local or hub) are read by nanovlm.data.sources. Schema: `images` (a list of images) and
+`texts` (a list of {"user", "assistant"} turns). Images are decoded here, not by `datasets`, so an
+unreadable image skips that sample (counted by the collator as `data/skipped`) instead of crashing a
+worker.
 """
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import io
+import itertools
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -21,9 +23,9 @@ from typing import Any
 import torch
 from PIL import Image
 
-from nanovlm.checks import looks_local
 from nanovlm.config import ConfigError, DataConfig
 from nanovlm.data.processors import clean_turns, encode_conversation
+from nanovlm.data.sources import load_source, require_columns, undecoded_images
 
 REQUIRED_COLUMNS = ("images", "texts")
 
@@ -36,89 +38,6 @@ class Splits:
     source: str
 
 
-def check_columns(columns: list[str], where: str) -> None:
-    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-    if missing:
-        raise ConfigError(f"dataset {where} is missing column(s) {missing}; found {list(columns)}. Expected the "
-                          f"the_cauldron schema: 'images' (list of images) and 'texts' (list of user/assistant turns)")
-
-
-def _load_local(path: str, streaming: bool) -> Any:
-    """A local dataset; an empty one, or files that are not what their names say, are one-line errors."""
-    import datasets
-
-    if os.path.isdir(path) and any(os.path.exists(os.path.join(path, f)) for f in ("state.json", "dataset_dict.json")):
-        if _saved_without_data(path):  # `datasets` itself fails on these with an IndexError
-            raise ConfigError(f"dataset {path}: the save_to_disk folder holds 0 rows")
-        try:
-            ds = datasets.load_from_disk(path)
-        except Exception as err:  # noqa: BLE001 - a broken folder is the user's to fix, whatever `datasets` raises
-            raise ConfigError(f"dataset {path}: not a readable save_to_disk folder ({type(err).__name__}: "
-                              f"{_first_line(err)})") from err
-        if isinstance(ds, datasets.DatasetDict):
-            if not ds:
-                raise ConfigError(f"dataset {path}: the save_to_disk folder holds no splits")
-            ds = ds["train"] if "train" in ds else next(iter(ds.values()))
-        if len(ds) == 0:
-            raise ConfigError(f"dataset {path}: the save_to_disk folder holds 0 rows")
-        return ds.to_iterable_dataset() if streaming else ds
-    if os.path.isdir(path):
-        files = sorted(glob.glob(os.path.join(path, "**", "*.parquet"), recursive=True))
-        if not files:
-            found = sorted(os.listdir(path))
-            shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "") if found else "nothing"
-            raise ConfigError(f"dataset folder {path} holds no .parquet files and is not a save_to_disk folder "
-                              f"(found: {shown})")
-    elif path.endswith(".parquet"):
-        files = [path]
-    else:
-        raise ConfigError(f"dataset path {path!r}: expected a .parquet file, a folder of parquet files or a "
-                          f"save_to_disk folder")
-    if parquet_rows(files) == 0:
-        raise ConfigError(f"dataset {path}: 0 rows in {len(files)} parquet file(s)")
-    data_files = path if path.endswith(".parquet") else os.path.join(path, "**", "*.parquet")
-    return datasets.load_dataset("parquet", data_files=data_files, split="train", streaming=streaming)
-
-
-def _saved_without_data(path: str) -> bool:
-    """A save_to_disk folder of an empty Dataset: its state.json lists no data files."""
-    import json
-
-    try:
-        with open(os.path.join(path, "state.json")) as f:
-            return json.load(f).get("_data_files") == []
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def parquet_rows(files: list[str]) -> int:
-    """Total rows, read from the files' footers; a file that is not parquet is a one-line error."""
-    import pyarrow.parquet as pq
-
-    total = 0
-    for name in files:
-        try:
-            total += pq.ParquetFile(name).metadata.num_rows
-        except Exception as err:  # noqa: BLE001 - ArrowInvalid, OSError: the file is not what it claims
-            raise ConfigError(f"{name} is not a readable parquet file ({_first_line(err)})") from err
-    return total
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:300] if text else type(err).__name__
-
-
-def _load_hub(name: str, subsets: list[str], streaming: bool) -> Any:
-    import datasets
-
-    from nanovlm.backbones import hub_call
-
-    parts = [hub_call(name, lambda s=s: datasets.load_dataset(name, s or None, split="train", streaming=streaming),
-                      f"dataset subset {s or 'default'}") for s in subsets or [""]]
-    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
-
-
 def load_splits(cfg: DataConfig, seed: int, image_size: int = 64) -> Splits:
     """Train and held-out validation data as configured; validation is never trained on."""
     if cfg.dataset == "synthetic":
@@ -128,22 +47,18 @@ def load_splits(cfg: DataConfig, seed: int, image_size: int = 64) -> Splits:
         digest = hashlib.sha256(f"synthetic:{len(records)}:{seed}:{image_size}".encode()).hexdigest()[:16]
         return Splits(records[cfg.val_samples:], records[: cfg.val_samples], digest, "synthetic")
     subsets = [s for s in cfg.subsets.split(",") if s]
-    local = os.path.expanduser(cfg.dataset)
-    if os.path.exists(local):
-        ds = _load_local(local, cfg.streaming)
-    elif looks_local(cfg.dataset):  # a typo in a path, not a hub id: say so instead of blaming the network
-        raise ConfigError(f"no such file or directory: {local} (--dataset)")
-    else:
-        ds = _load_hub(cfg.dataset, subsets, cfg.streaming)
-    check_columns(list(ds.column_names or REQUIRED_COLUMNS), cfg.dataset)
+    ds = load_source(cfg.dataset, split="train", configs=subsets or [None], streaming=cfg.streaming)
+    require_columns(list(ds.column_names or REQUIRED_COLUMNS), REQUIRED_COLUMNS, f"dataset {cfg.dataset}",
+                    "Expected the the_cauldron schema: 'images' (list of images) and 'texts' (list of user/assistant "
+                    "turns)")
+    ds = undecoded_images(ds, ["images"])
     if cfg.streaming:
-        # A stream has no length: the first val_samples are held out, training reads what follows.
-        stream = _raw_images(ds)
-        val = list(stream.take(cfg.val_samples))
-        train = stream.skip(cfg.val_samples)
+        # A stream has no length: its first val_samples are held out. Training reads the rest, dropped by
+        # content rather than skipped by count, because each DDP rank reads only its own shards of it.
+        val = list(ds.take(cfg.val_samples))
+        train = ds.filter(NotHeldOut(val))
         return Splits(train.take(cfg.train_samples) if cfg.train_samples else train, val,
                       f"stream:{cfg.dataset}:{cfg.subsets}", cfg.dataset)
-    ds = _raw_images(ds)
     if len(ds) <= cfg.val_samples:
         raise ConfigError(f"dataset {cfg.dataset} has {len(ds)} rows, not more than val_samples={cfg.val_samples}: "
                           f"lower --val_samples or use more data")
@@ -154,14 +69,25 @@ def load_splits(cfg: DataConfig, seed: int, image_size: int = 64) -> Splits:
     return Splits(train, split["test"], ds._fingerprint, cfg.dataset)
 
 
-def _raw_images(ds: Any) -> Any:
-    """Keep images as encoded bytes so we decode them ourselves (and survive corrupt ones)."""
-    import datasets
+def row_key(record: dict[str, Any]) -> str:
+    """A digest of a record's texts and encoded images: equal rows, equal keys."""
+    digest = hashlib.sha256(repr(record.get("texts")).encode())
+    for image in record.get("images") or []:
+        if isinstance(image, dict):
+            digest.update(image.get("bytes") or str(image.get("path")).encode())
+        else:
+            digest.update(image.tobytes() if isinstance(image, Image.Image) else repr(image).encode())
+    return digest.hexdigest()
 
-    feature = ds.features.get("images") if ds.features else None
-    if isinstance(feature, (datasets.Sequence, datasets.List)) and isinstance(feature.feature, datasets.Image):
-        return ds.cast_column("images", datasets.List(datasets.Image(decode=False)))
-    return ds
+
+class NotHeldOut:
+    """A stream filter: False for the held-out validation rows (and any copy of them)."""
+
+    def __init__(self, held_out: list[dict[str, Any]]):
+        self.keys = {row_key(r) for r in held_out}
+
+    def __call__(self, record: dict[str, Any]) -> bool:
+        return row_key(record) not in self.keys
 
 
 def decode_image(item: Any) -> Image.Image:
@@ -251,13 +177,17 @@ class VQADataset(torch.utils.data.Dataset):
 
 class StreamingVQA(torch.utils.data.IterableDataset):
     """A streamed dataset (no length, no random access): endless epochs, each reshuffled through a
-    buffer, sharded over ranks and resumable at a position (samples this rank consumed).
+    buffer, split over DDP ranks and resumable at a position (samples this rank consumed).
 
-    Resuming re-reads the stream up to the position (cheap next to training on it). DataLoader
-    workers would each replay the whole stream, so streaming uses num_workers=0.
+    Each rank reads only its part of every epoch (`datasets.distributed.split_dataset_by_node`: whole
+    shards when the world size divides their number, else every world_size-th row). Resuming re-reads
+    this rank's rows up to the position without processing them: that is exact, where restoring a
+    `state_dict()` is not (the shuffle buffer is refilled), and a rank's epoch length is unknown until
+    read (its shards change every epoch). DataLoader workers would each replay the rank's part, so
+    streaming uses num_workers=0.
     """
 
-    def __init__(self, stream: Any, processor: SampleProcessor, seed: int = 0, buffer_size: int = 1000,
+    def __init__(self, stream: Any, processor: Any, seed: int = 0, buffer_size: int = 1000,
                  start: int = 0, rank: int = 0, world_size: int = 1):
         self.stream, self.processor, self.seed, self.buffer_size = stream, processor, seed, buffer_size
         self.start, self.rank, self.world_size = start, rank, world_size
@@ -265,18 +195,24 @@ class StreamingVQA(torch.utils.data.IterableDataset):
     def resume(self, start: int, rank: int, world_size: int) -> "StreamingVQA":
         return StreamingVQA(self.stream, self.processor, self.seed, self.buffer_size, start, rank, world_size)
 
+    def epoch(self, epoch: int) -> Any:
+        """This rank's rows of one epoch; every rank shuffles alike (same seed), so the parts are disjoint."""
+        from datasets.distributed import split_dataset_by_node
+
+        shuffled = self.stream.shuffle(seed=self.seed * 100_003 + epoch, buffer_size=self.buffer_size)
+        return split_dataset_by_node(shuffled, rank=self.rank, world_size=self.world_size)
+
     def __iter__(self):
-        seen, epoch = 0, 0
+        to_skip, epoch = self.start, 0
         while True:
-            any_rows = False
-            shuffled = self.stream.shuffle(seed=self.seed * 100_003 + epoch, buffer_size=self.buffer_size)
-            for i, record in enumerate(shuffled):
-                any_rows = True
-                if i % self.world_size != self.rank:
-                    continue
-                seen += 1
-                if seen > self.start:
-                    yield self.processor(record)
-            if not any_rows:
-                raise ValueError("the training stream is empty")
+            rows = iter(self.epoch(epoch))
+            skipped = sum(1 for _ in itertools.islice(rows, to_skip))
+            to_skip -= skipped
+            read = skipped
+            for record in rows:
+                read += 1
+                yield self.processor(record)
+            if not read:
+                raise ConfigError(f"the training stream holds no rows for rank {self.rank} of {self.world_size} "
+                                  f"(all held out, or fewer rows than processes): lower --val_samples or use more data")
             epoch += 1
