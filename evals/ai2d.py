@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
-from evals.aggregate import mean
 from evals.postprocess import strip_reasoning
-from evals.scienceqa_img import option_letters, options_block
+from evals.prompts import OPTION_LETTER, answer_letter, with_options
 from evals.task import Scored, Task
 from evals.vqa_metrics import exact_match
 
-POST_PROMPT = "\nAnswer with the option's letter from the given choices directly."
 _LEADING_LETTER = re.compile(r"^\s*([A-Z])\.")
 
 
@@ -34,16 +32,14 @@ class AI2D(Task):
     hub_id: str = "lmms-lab-encoder/ai2d"
     split: str = "test"
     columns: tuple[str, ...] = ("question", "options", "answer")
-    post_prompt: str = POST_PROMPT
+    post_prompt: str = OPTION_LETTER
     primary: str = "exact_match"
     mean_metrics: tuple[str, ...] = ("exact_match",)  # aggregation: mean
     schema_hint: str = "AI2D's schema: image, question, options (list), answer (index as text)"
+    scoring: str = "flexible-extract (leading 'X.'), then exact match ignoring case and punctuation"
 
-    def rule(self) -> str:
-        return "flexible-extract (leading 'X.'), then exact match ignoring case and punctuation"
-
-    def prompt(self, row: dict[str, Any]) -> str:
-        return f"{row['question']}\n{options_block(row['options'])}{POST_PROMPT}"
+    def question(self, row: dict[str, Any]) -> str:
+        return with_options(row["question"], row["options"])
 
     def score(self, row: dict[str, Any], output: str) -> Scored:
         # The task's filter sees the raw answer; reasoning blocks are removed after it.
@@ -51,13 +47,10 @@ class AI2D(Task):
         return self.judge(row, found.group(1) if found else strip_reasoning(output))
 
     def judge(self, row: dict[str, Any], answer: str) -> Scored:
-        gold = option_letters(len(row["options"]))[int(row["answer"])]
+        gold = answer_letter(row["options"], row["answer"])
         pred = answer.strip()
         right = exact_match(pred, gold, ignore_case=True, ignore_punctuation=True)
         return Scored(float(right), pred, gold, parsed=bool(pred))
-
-    def aggregate(self, rows: Sequence[dict[str, Any]], scored: Sequence[Scored]) -> dict[str, float]:
-        return {"exact_match": mean([s.score for s in scored])}
 
 
 TASK = AI2D()

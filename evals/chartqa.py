@@ -14,11 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from evals.aggregate import mean
+from evals.prompts import SINGLE_WORD
 from evals.task import Scored, Task
 from evals.vqa_metrics import relaxed_correct
-
-POST_PROMPT = "\nAnswer the question with a single word."
 
 
 @dataclass(frozen=True)
@@ -28,16 +26,11 @@ class ChartQA(Task):
     hub_id: str = "lmms-lab-encoder/ChartQA"
     split: str = "test"
     columns: tuple[str, ...] = ("type", "question", "answer")
-    post_prompt: str = POST_PROMPT
+    post_prompt: str = SINGLE_WORD
     primary: str = "relaxed_overall"
     mean_metrics: tuple[str, ...] = ("relaxed_overall", "relaxed_human_split", "relaxed_augmented_split")
     schema_hint: str = "ChartQA's schema: type (human_test / augmented_test), question, answer, image"
-
-    def rule(self) -> str:
-        return "relaxed accuracy: numbers within 5% of a non-zero gold, else case-insensitive exact match"
-
-    def prompt(self, row: dict[str, Any]) -> str:
-        return f"{row['question']}{POST_PROMPT}"
+    scoring: str = "relaxed accuracy: numbers within 5% of a non-zero gold, else case-insensitive exact match"
 
     def judge(self, row: dict[str, Any], answer: str) -> Scored:
         return Scored(float(relaxed_correct(answer.strip(), row["answer"])), answer.strip(), row["answer"])
@@ -51,9 +44,6 @@ class ChartQA(Task):
         if augmented:
             out["relaxed_augmented_split"] = augmented
         return out
-
-    def aggregate(self, rows: Sequence[dict[str, Any]], scored: Sequence[Scored]) -> dict[str, float]:
-        return {name: mean(items) for name, items in self.metric_items(rows, scored).items()}
 
 
 TASK = ChartQA()

@@ -10,14 +10,14 @@ For each task: a table on stdout, and results.json + predictions.jsonl in <out>/
 out: beside the checkpoint, <checkpoint's folder>/evals/<checkpoint name>); then the scores go to the
 MLflow run that trained the checkpoint (see evals/mlflow_log.py), unless --no_tracking.
 predictions.jsonl is written item by item; rerunning the same command after a kill resumes from
-the items there (evals/resume.py), unless --no_resume.
+the items there (evals/resume.py), unless --no_resume. A user's mistake (a bad flag value, a wrong
+path, a missing column) is one `error:` line and exit status 2 (evals/task_args.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,15 +25,17 @@ from evals.data import DataError
 from evals.harness import TaskResult, evaluate_task, load_task_data
 from evals.report import default_out_dir, format_table, write_task_result
 from evals.task import Task
+from evals.task_args import fail, per_task
 
 log = logging.getLogger("evals")
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from nanovlm.backbones import BackboneUnavailable
+    from nanovlm.config import ConfigError
     from nanovlm.model.vlm import IncompatibleCheckpoint
 
-    return DataError, FileNotFoundError, BackboneUnavailable, IncompatibleCheckpoint
+    return DataError, FileNotFoundError, BackboneUnavailable, IncompatibleCheckpoint, ConfigError
 
 
 USER_ERRORS = _user_errors()  # wrong paths, missing columns, offline: one line, no traceback
@@ -76,18 +78,9 @@ def with_options(task: Task, args: argparse.Namespace) -> Task:
     return task
 
 
-def revisions(values: Sequence[str], tasks: Sequence[Task]) -> dict[str, str]:
+def revisions(args: argparse.Namespace, tasks: Sequence[Task]) -> dict[str, str]:
     """--revision values -> {task name: revision}: REV applies to every task, TASK=REV to one."""
-    from evals.registry import get_task
-
-    out: dict[str, str] = {}
-    for value in values:
-        name, sep, rev = value.partition("=")
-        if sep and rev:
-            out[get_task(name).name] = rev
-        else:
-            out.update({t.name: value for t in tasks})
-    return out
+    return per_task(args.revision, "--revision", [t.name for t in tasks], bare=True, metavar="REV")
 
 
 def load_model(checkpoint: str, device: str | None, threads: int | None = None) -> Any:
@@ -102,15 +95,15 @@ def load_model(checkpoint: str, device: str | None, threads: int | None = None) 
 
 
 def run_tasks(model: Any, checkpoint: str, plan: Sequence[tuple[Task, str | None, Path]],
-              args: argparse.Namespace) -> list[TaskResult]:
-    """Evaluate each (task, data source, output folder), print its table, write its files, then
-    log all scores to MLflow once."""
+              args: argparse.Namespace, revision: dict[str, str]) -> list[TaskResult]:
+    """Evaluate each (task, data source, output folder) on its data at `revision` (task name ->
+    revision; default: the task's own), print its table, write its files, then log all scores
+    to MLflow once."""
     from evals.mlflow_log import checkpoint_meta
 
     from evals.resume import checkpoint_identity
 
     results, out_dirs, meta = [], {}, checkpoint_meta(checkpoint)
-    revision = revisions(getattr(args, "revision", []) or [], [t for t, _, _ in plan])
     model_id = checkpoint_identity(checkpoint)
     for task, source, out in plan:
         data = load_task_data(task, source, args.limit, revision=revision.get(task.name))
@@ -141,8 +134,9 @@ def main(task: Task, argv: Sequence[str] | None = None) -> list[TaskResult]:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     out = (Path(args.out) if args.out else default_out_dir(args.checkpoint)) / task.name
+    revision = revisions(args, [task])
     try:
         model = load_model(args.checkpoint, args.device, args.threads)
-        return run_tasks(model, args.checkpoint, [(with_options(task, args), args.data, out)], args)
+        return run_tasks(model, args.checkpoint, [(with_options(task, args), args.data, out)], args, revision)
     except USER_ERRORS as e:
-        sys.exit(f"error: {e}")
+        fail(str(e))

@@ -11,13 +11,11 @@ the smallest normalised edit distance, 0 below 0.5. Score: `anls`, the mean over
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
-from evals.aggregate import mean
+from evals.prompts import SHORT_ANSWER
 from evals.task import Scored, Task
 from evals.vqa_metrics import anls
-
-POST_PROMPT = "\nAnswer the question using a single word or phrase."
 
 
 @dataclass(frozen=True)
@@ -30,23 +28,15 @@ class DocVQA(Task):
     columns: tuple[str, ...] = ("questionId", "question", "answers")
     id_column: str = "questionId"
     max_new_tokens: int = 32
-    post_prompt: str = POST_PROMPT
+    post_prompt: str = SHORT_ANSWER
     primary: str = "anls"
     mean_metrics: tuple[str, ...] = ("anls",)  # aggregation: mean
     schema_hint: str = "DocVQA's schema: questionId, question, image, answers (list of strings)"
-
-    def rule(self) -> str:
-        return "ANLS, threshold 0.5"
-
-    def prompt(self, row: dict[str, Any]) -> str:
-        return f"{row['question']}{POST_PROMPT}"
+    scoring: str = "ANLS, threshold 0.5"
 
     def judge(self, row: dict[str, Any], answer: str) -> Scored:
         answers = list(row["answers"] or [])
         return Scored(anls(answer.strip(), answers), answer.strip(), answers)
-
-    def aggregate(self, rows: Sequence[dict[str, Any]], scored: Sequence[Scored]) -> dict[str, float]:
-        return {"anls": mean([s.score for s in scored])}
 
 
 TASK = DocVQA()

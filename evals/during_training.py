@@ -32,7 +32,7 @@ from evals.harness import TaskResult, evaluate_task, load_task_data
 from evals.mlflow_log import eval_metrics, task_scores
 from evals.registry import get_task
 from evals.synthetic import evaluate_with_control
-from nanovlm import metrics as M
+from nanovlm import metrics as metric_names
 from nanovlm.config import ConfigError, ExperimentConfig
 from nanovlm.distributed import Dist
 
@@ -75,7 +75,7 @@ def build_evaluator(model: Any, cfg: ExperimentConfig, synthetic_records: list[d
             raise ConfigError(f"--eval_tasks {name}: {err}") from None
     scored_tasks = {*tasks, "synthetic_blind"} if SYNTHETIC in tasks else set(tasks)
     best_task = tc.best_metric.split("/")[1] if tc.best_metric.startswith("eval/") else None
-    if tc.best_metric != M.VAL_LOSS and best_task not in scored_tasks:
+    if tc.best_metric != metric_names.VAL_LOSS and best_task not in scored_tasks:
         raise ConfigError(f"--best_metric {tc.best_metric}: not a score of --eval_tasks '{tc.eval_tasks}'; use "
                           f"val/loss or eval/<task>/<score> with a task from --eval_tasks")
     if not tasks:
@@ -90,7 +90,7 @@ def build_evaluator(model: Any, cfg: ExperimentConfig, synthetic_records: list[d
         background = AsyncEvaluations(model, [n for n in tasks if n != SYNTHETIC], cfg, *run)
     log.info("benchmarks during training: %s, every %s steps%s", ", ".join(names), tc.eval_steps or "max_steps",
              " (in another process)" if background else "")
-    return Evaluator(model, tasks, {tc.best_metric} - {M.VAL_LOSS}, dist, background)
+    return Evaluator(model, tasks, {tc.best_metric} - {metric_names.VAL_LOSS}, dist, background)
 
 
 class Evaluator:
@@ -107,7 +107,7 @@ class Evaluator:
             if name == SYNTHETIC:  # a few hundred one-word answers: rank 0 alone
                 if self.dist.is_main:
                     for task, values in evaluate_with_control(self.model, data).items():
-                        scores.update({M.eval_name(task, kind): value for kind, value in values.items()})
+                        scores.update({metric_names.eval_name(task, kind): value for kind, value in values.items()})
             elif self.background is None:
                 task, rows = data
                 scores.update(eval_metrics(task.name, task_scores(evaluate_split(self.model, task, rows, self.dist))))

@@ -225,9 +225,10 @@ def evaluate_task(model: Any, task: Task, data: EvalData, *, batch_size: int = 3
     counts = {"items": len(scored), "failed": len(failed),
               "unparsed": sum(not s.parsed for s, p in zip(scored, predictions) if p["output"] is not None),
               "correct": sum(s.score == 1.0 for s in scored)}
+    scores, breakdown = task.aggregate_with_breakdown(data.rows, scored) if scored else ({}, {})
     return TaskResult(
-        task=task.name, scores=task.aggregate(data.rows, scored) if scored else {}, accuracy=mean(item_scores),
-        counts=counts, failed=failed, predictions=predictions, breakdown=task.breakdown(data.rows, scored),
+        task=task.name, scores=scores, accuracy=mean(item_scores),
+        counts=counts, failed=failed, predictions=predictions, breakdown=breakdown,
         stderr=task.stderr(data.rows, scored) if scored else {},
         stderr_clt=task.stderr_clt(data.rows, scored) if scored else {},
         accuracy_stderr=mean_stderr(item_scores),

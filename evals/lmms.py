@@ -7,7 +7,8 @@
 Needs the optional `eval` extra, best in its own virtual environment: lmms-eval pulls a PyPI
 torchvision that breaks transformers' import beside a CPU-only torch, and filelock >= 4 breaks
 `simple_evaluate` (the extra pins filelock<4). The model is registered as `nanovlm_lab` (entry
-point `lmms_eval.models`, or registered here when the entry point is not installed).
+point `lmms_eval.models`, or registered here when the entry point is not installed). CI checks it
+against lmms-eval in such an environment: `bash .ci/lmms-eval`.
 
 Local data: for each such task a task file is written that includes lmms-eval's own task file
 (prompt, filters, metrics, aggregation unchanged) and only replaces where the data comes from;
@@ -21,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,6 +29,7 @@ from typing import Any, Sequence
 from evals.postprocess import REASONING_TAGS
 from evals.registry import TASKS, get_task
 from evals.report import default_out_dir, json_safe
+from evals.task_args import data_sources, task_names
 
 log = logging.getLogger(__name__)
 
@@ -143,17 +144,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     require_lmms_eval()
-    try:
-        tasks = [get_task(n).name for n in (TASKS if args.tasks == "all" else args.tasks.split(",")) if n]
-    except KeyError as e:
-        sys.exit(f"error: {e.args[0]}")
-    sources = {}
-    for value in args.data:
-        task, _, path = value.partition("=")
-        sources[get_task(task).name] = path
-    if args.data_dir:
-        for task in tasks:
-            sources.setdefault(task, str(Path(args.data_dir) / f"{task}.parquet"))
+    tasks = task_names(args.tasks)
+    sources = data_sources(args.data, args.data_dir, tasks)
     out = Path(args.out) if args.out else default_out_dir(args.checkpoint)
     out.mkdir(parents=True, exist_ok=True)
     results = evaluate(args.checkpoint, tasks, sources, limit=args.limit, batch_size=args.batch_size,

@@ -17,11 +17,9 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from evals.aggregate import MME_PERCEPTION, mme_scores
-from evals.task import Scored, Task
+from evals.prompts import SHORT_ANSWER, without_yes_no
+from evals.task import Aggregated, Scored, Task
 from evals.vqa_metrics import mme_gold, mme_yes_no
-
-POST_PROMPT = "\nAnswer the question using a single word or phrase."
-YES_NO_SUFFIX = " Please answer yes or no."
 
 
 @dataclass(frozen=True)
@@ -31,28 +29,26 @@ class MME(Task):
     hub_id: str = "lmms-lab-encoder/MME"
     split: str = "test"
     columns: tuple[str, ...] = ("question_id", "question", "answer", "category")
-    post_prompt: str = POST_PROMPT
+    post_prompt: str = SHORT_ANSWER
     primary: str = "mme_perception_score"
     schema_hint: str = "MME's schema: question_id (the image, shared by its 2 questions), question, answer " \
                        "(Yes/No), category, image"
-
-    def rule(self) -> str:
-        return "yes/no from the answer's first characters; per subtask acc + acc+ (pairs)"
+    scoring: str = "yes/no from the answer's first characters; per subtask acc + acc+ (pairs)"
 
     def item_id(self, row: dict[str, Any], index: int) -> Any:
         return f"{row['question_id']}#{index}"  # the two questions of an image share question_id
 
-    def prompt(self, row: dict[str, Any]) -> str:
-        return row["question"].strip().replace(YES_NO_SUFFIX, "") + POST_PROMPT
+    def question(self, row: dict[str, Any]) -> str:
+        return without_yes_no(row["question"])
 
     def judge(self, row: dict[str, Any], answer: str) -> Scored:
         read, gold = mme_yes_no(answer), mme_gold(row["answer"])
         return Scored(float(read == gold), read, gold, parsed=read != "other")
 
-    def aggregate(self, rows: Sequence[dict[str, Any]], scored: Sequence[Scored]) -> dict[str, float]:
-        scores, _ = mme_scores([r["category"] for r in rows], [r["question_id"] for r in rows],
-                               [s.score for s in scored])
-        return scores
+    def aggregate_with_breakdown(self, rows: Sequence[dict[str, Any]], scored: Sequence[Scored]) -> Aggregated:
+        scores, per_task = mme_scores([r["category"] for r in rows], [r["question_id"] for r in rows],
+                                      [s.score for s in scored])
+        return scores, {"subtask (acc + acc+)": per_task}
 
     def metric_items(self, rows: Sequence[dict[str, Any]], scored: Sequence[Scored]) -> dict[str, list[float]]:
         # process_results gives each item to the perception or the cognition score
@@ -60,11 +56,6 @@ class MME(Task):
         cognition = [s.score for r, s in zip(rows, scored) if r["category"] not in MME_PERCEPTION]
         return {**({"mme_perception_score": perception} if perception else {}),
                 **({"mme_cognition_score": cognition} if cognition else {})}
-
-    def breakdown(self, rows: Sequence[dict[str, Any]], scored: Sequence[Scored]) -> dict[str, Any]:
-        _, per_task = mme_scores([r["category"] for r in rows], [r["question_id"] for r in rows],
-                                 [s.score for s in scored])
-        return {"subtask (acc + acc+)": per_task}
 
 
 TASK = MME()

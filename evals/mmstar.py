@@ -20,11 +20,8 @@ from typing import Any, Sequence
 
 from evals.aggregate import mmstar_scores
 from evals.mcq_extract import MMSTAR_CHOICES, extract_letter, legacy_correct, legacy_extract
-from evals.task import Scored, Task
-
-POST_PROMPT = "\nAnswer with the option's letter from the given choices directly"
-# Removed from questions when a post-prompt is added (lmms-eval mmstar/utils.py::replace_prompt).
-YES_NO_SUFFIX = " Please answer yes or no."
+from evals.prompts import without_yes_no
+from evals.task import Aggregated, Scored, Task
 
 
 @dataclass(frozen=True)
@@ -35,20 +32,21 @@ class MMStar(Task):
     split: str = "val"
     columns: tuple[str, ...] = ("index", "question", "answer", "category", "l2_category")
     id_column: str = "index"
-    post_prompt: str = POST_PROMPT
+    post_prompt: str = "\nAnswer with the option's letter from the given choices directly"  # no final period
     primary: str = "average"
     schema_hint: str = ("MMStar's schema: index, question (options inline), image, answer (A-D), category, "
                         "l2_category")
+    scoring: str = "lmms-eval >= 0.7.2 extract_mcq_answer, choices A-D"
     legacy_extract: bool = False
 
     def rule(self) -> str:
         if self.legacy_extract:
             return ("legacy (lmms-eval <= 0.7.1): the gold letter is the first character, or follows an "
                     "opening '(', 'option ' or 'the answer is ' (case-insensitive)")
-        return "lmms-eval >= 0.7.2 extract_mcq_answer, choices A-D"
+        return self.scoring
 
-    def prompt(self, row: dict[str, Any]) -> str:
-        return row["question"].strip().replace(YES_NO_SUFFIX, "") + POST_PROMPT
+    def question(self, row: dict[str, Any]) -> str:
+        return without_yes_no(row["question"])
 
     def judge(self, row: dict[str, Any], answer: str) -> Scored:
         gold = row["answer"]
@@ -58,10 +56,10 @@ class MMStar(Task):
         letter = extract_letter(answer, MMSTAR_CHOICES)
         return Scored(float(letter == gold.strip().upper()), letter, gold, parsed=bool(letter))
 
-    def aggregate(self, rows: Sequence[dict[str, Any]], scored: Sequence[Scored]) -> dict[str, float]:
-        scores, _ = mmstar_scores([r["category"] for r in rows], [r["l2_category"] for r in rows],
-                                  [s.score for s in scored])
-        return scores
+    def aggregate_with_breakdown(self, rows: Sequence[dict[str, Any]], scored: Sequence[Scored]) -> Aggregated:
+        scores, l2 = mmstar_scores([r["category"] for r in rows], [r["l2_category"] for r in rows],
+                                   [s.score for s in scored])
+        return scores, {"l2_category": l2}
 
     def metric_items(self, rows: Sequence[dict[str, Any]], scored: Sequence[Scored]) -> dict[str, list[float]]:
         # process_results gives each item to its category's metric and to "average"
@@ -69,11 +67,6 @@ class MMStar(Task):
         for row, s in zip(rows, scored):
             out.setdefault(row["category"], []).append(s.score)
         return {**out, "average": [s.score for s in scored]}
-
-    def breakdown(self, rows: Sequence[dict[str, Any]], scored: Sequence[Scored]) -> dict[str, Any]:
-        _, l2 = mmstar_scores([r["category"] for r in rows], [r["l2_category"] for r in rows],
-                              [s.score for s in scored])
-        return {"l2_category": l2}
 
 
 TASK = MMStar()

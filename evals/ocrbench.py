@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from evals.aggregate import group
-from evals.task import Scored, Task
+from evals.task import Aggregated, Scored, Task
 from evals.vqa_metrics import ocrbench_correct
 
 OCRBENCH_SIZE = 1000
@@ -32,24 +32,20 @@ class OCRBench(Task):
     max_new_tokens: int = 128
     primary: str = "ocrbench_accuracy"
     schema_hint: str = "OCRBench's schema: question, answer (list), dataset, question_type, image"
+    scoring: str = "a gold answer is a substring of the answer (HME100k: spaces removed, case kept)"
 
-    def rule(self) -> str:
-        return "a gold answer is a substring of the answer (HME100k: spaces removed, case kept)"
-
-    def prompt(self, row: dict[str, Any]) -> str:
+    def question(self, row: dict[str, Any]) -> str:
         return row["question"].strip()
 
     def judge(self, row: dict[str, Any], answer: str) -> Scored:
         gold = row["answer"]
         return Scored(float(ocrbench_correct(answer.strip(), gold, row["dataset"])), answer.strip(), gold)
 
-    def aggregate(self, rows: Sequence[dict[str, Any]], scored: Sequence[Scored]) -> dict[str, float]:
-        return {"ocrbench_accuracy": sum(s.score for s in scored) / OCRBENCH_SIZE}
-
-    def breakdown(self, rows: Sequence[dict[str, Any]], scored: Sequence[Scored]) -> dict[str, Any]:
-        # the counts lmms-eval writes to ocrbench_results.txt, by question type
+    def aggregate_with_breakdown(self, rows: Sequence[dict[str, Any]], scored: Sequence[Scored]) -> Aggregated:
+        # the breakdown: the counts lmms-eval writes to ocrbench_results.txt, by question type
         by_type = group([r["question_type"] for r in rows], [s.score for s in scored])
-        return {"question_type (number right)": {k: float(sum(v)) for k, v in by_type.items()}}
+        return ({"ocrbench_accuracy": sum(s.score for s in scored) / OCRBENCH_SIZE},
+                {"question_type (number right)": {k: float(sum(v)) for k, v in by_type.items()}})
 
 
 TASK = OCRBench()

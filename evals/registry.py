@@ -16,6 +16,7 @@ from evals.ocrbench import TASK as OCRBENCH
 from evals.scienceqa_img import TASK as SCIENCEQA_IMG
 from evals.task import Task
 from evals.textvqa import TASK as TEXTVQA
+from nanovlm.config import suggest
 
 TASKS: dict[str, Task] = {t.name: t for t in (MMSTAR, SCIENCEQA_IMG, AI2D, TEXTVQA, CHARTQA, DOCVQA, OCRBENCH, MME)}
 TASK_NAMES = tuple(TASKS)
@@ -23,11 +24,9 @@ ALIASES = {t.lmms_task: t.name for t in TASKS.values() if t.lmms_task != t.name}
 
 
 def get_task(name: str) -> Task:
+    """The task by our name or lmms-eval's; KeyError naming the closest names and every task."""
     key = ALIASES.get(name, name)
     if key not in TASKS:
-        import difflib
-
-        close = difflib.get_close_matches(name, [*TASKS, *ALIASES], n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise KeyError(f"unknown task {name!r}{hint}; tasks: {', '.join(TASKS)}")
+        hint = suggest(name, [*TASKS, *ALIASES])
+        raise KeyError(f"unknown task {name!r}. {hint + ' ' if hint else ''}Tasks: {', '.join(TASKS)}")
     return TASKS[key]

@@ -13,25 +13,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 from typing import Sequence
 
-from evals.cli import USER_ERRORS, add_common_args, add_task_options, load_model, run_tasks, with_options
+from evals.cli import USER_ERRORS, add_common_args, add_task_options, load_model, revisions, run_tasks, with_options
 from evals.harness import REFERENCE, TaskResult, harness_info
 from evals.registry import TASKS, get_task
 from evals.report import default_out_dir, format_summary, json_safe
+from evals.task_args import data_sources, fail, task_names
 from nanovlm.files import write_json
-
-
-def parse_data(values: Sequence[str]) -> dict[str, str]:
-    out = {}
-    for value in values:
-        task, sep, path = value.partition("=")
-        if not sep or not path:
-            raise SystemExit(f"error: --data takes TASK=PATH_OR_HUB_ID, got {value!r}")
-        out[get_task(task).name] = path
-    return out
 
 
 def main(argv: Sequence[str] | None = None) -> list[TaskResult]:
@@ -44,20 +34,17 @@ def main(argv: Sequence[str] | None = None) -> list[TaskResult]:
     add_task_options(parser, list(TASKS.values()))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    names = task_names(args.tasks)
+    tasks = [with_options(get_task(n), args) for n in names]
+    sources = data_sources(args.data, args.data_dir, names)
+    revision = revisions(args, tasks)
+    out = Path(args.out) if args.out else default_out_dir(args.checkpoint)
     try:
-        names = list(TASKS) if args.tasks == "all" else [n for n in args.tasks.split(",") if n]
-        tasks = [with_options(get_task(n), args) for n in names]
-        sources = parse_data(args.data)
-        if args.data_dir:
-            for task in tasks:
-                sources.setdefault(task.name, str(Path(args.data_dir) / f"{task.name}.parquet"))
-        out = Path(args.out) if args.out else default_out_dir(args.checkpoint)
         model = load_model(args.checkpoint, args.device, args.threads)
-        results = run_tasks(model, args.checkpoint, [(t, sources.get(t.name), out / t.name) for t in tasks], args)
-    except KeyError as e:  # an unknown task name
-        sys.exit(f"error: {e.args[0]}")
+        results = run_tasks(model, args.checkpoint, [(t, sources.get(t.name), out / t.name) for t in tasks], args,
+                            revision)
     except USER_ERRORS as e:
-        sys.exit(f"error: {e}")
+        fail(str(e))
     print()
     print(format_summary(results))
     write_json(out / "summary.json", json_safe({

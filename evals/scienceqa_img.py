@@ -13,20 +13,10 @@ Score: `exact_match`, the mean over items.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
-from evals.aggregate import mean
+from evals.prompts import OPTION_LETTER, answer_letter, with_options
 from evals.task import Scored, Task
-
-POST_PROMPT = "\nAnswer with the option's letter from the given choices directly."
-
-
-def option_letters(n: int) -> list[str]:
-    return [chr(ord("A") + i) for i in range(n)]
-
-
-def options_block(options: Sequence[str]) -> str:
-    return "\n".join(f"{letter}. {text}" for letter, text in zip(option_letters(len(options)), options))
 
 
 @dataclass(frozen=True)
@@ -37,31 +27,26 @@ class ScienceQAImg(Task):
     hub_config: str | None = "ScienceQA-IMG"
     split: str = "test"
     columns: tuple[str, ...] = ("question", "choices", "answer", "hint")
-    post_prompt: str = POST_PROMPT
+    post_prompt: str = OPTION_LETTER
     primary: str = "exact_match"
     mean_metrics: tuple[str, ...] = ("exact_match",)  # aggregation: mean
     schema_hint: str = "ScienceQA's schema: image, question, choices (list), answer (index), hint"
+    scoring: str = "LLaVA's: answer == letter (any case), or '<Upper>.' opening the answer with the gold letter"
 
-    def rule(self) -> str:
-        return "LLaVA's: answer == letter (any case), or '<Upper>.' opening the answer with the gold letter"
-
-    def prompt(self, row: dict[str, Any]) -> str:
+    def question(self, row: dict[str, Any]) -> str:
         hint = row["hint"]
         # As lmms-eval: an empty hint adds nothing (and a missing one, None, would print as "None").
         context = f"Context: {hint}\n" if hint else hint
-        return f"{context}{row['question']}\n{options_block(row['choices'])}{POST_PROMPT}"
+        return f"{context}{with_options(row['question'], row['choices'])}"
 
     def judge(self, row: dict[str, Any], answer: str) -> Scored:
-        gold = option_letters(len(row["choices"]))[int(row["answer"])]
+        gold = answer_letter(row["choices"], row["answer"])
         pred = answer.strip()
         if pred.lower() == gold.lower():
             return Scored(1.0, pred.upper(), gold)
         if len(pred) >= 2 and pred[0].isupper() and pred[1] == ".":
             return Scored(float(pred[0].lower() == gold.lower()), pred[0], gold)
         return Scored(0.0, "", gold, parsed=False)
-
-    def aggregate(self, rows: Sequence[dict[str, Any]], scored: Sequence[Scored]) -> dict[str, float]:
-        return {"exact_match": mean([s.score for s in scored])}
 
 
 TASK = ScienceQAImg()

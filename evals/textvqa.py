@@ -14,13 +14,11 @@ min(1, matches / 3). Score: `exact_match`, the mean over items.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
-from evals.aggregate import mean
+from evals.prompts import SHORT_ANSWER
 from evals.task import Scored, Task
 from evals.vqa_metrics import normalize_vqa_answer, vqa_accuracy
-
-POST_PROMPT = "\nAnswer the question using a single word or phrase."
 
 
 @dataclass(frozen=True)
@@ -33,23 +31,18 @@ class TextVQA(Task):
     id_column: str = "question_id"
     # lmms-eval's textvqa template sets `until: ["ASSISTANT:"]`, so its default "\n\n" does not apply
     stop: tuple[str, ...] = ("ASSISTANT:",)
-    post_prompt: str = POST_PROMPT
+    post_prompt: str = SHORT_ANSWER
     primary: str = "exact_match"
     mean_metrics: tuple[str, ...] = ("exact_match",)  # aggregation: mean
     schema_hint: str = "TextVQA's schema: question_id, question, image, answers (10 strings)"
+    scoring: str = "VQA accuracy (EvalAI normalisation; mean over leave-one-out of min(1, matches/3))"
 
-    def rule(self) -> str:
-        return "VQA accuracy (EvalAI normalisation; mean over leave-one-out of min(1, matches/3))"
-
-    def prompt(self, row: dict[str, Any]) -> str:
-        return f"{row['question'].capitalize()}{POST_PROMPT}"
+    def question(self, row: dict[str, Any]) -> str:
+        return row["question"].capitalize()
 
     def judge(self, row: dict[str, Any], answer: str) -> Scored:
         answers = list(row["answers"] or [])
         return Scored(vqa_accuracy(answer.strip(), answers), normalize_vqa_answer(answer.strip()), answers)
-
-    def aggregate(self, rows: Sequence[dict[str, Any]], scored: Sequence[Scored]) -> dict[str, float]:
-        return {"exact_match": mean([s.score for s in scored])}
 
 
 TASK = TextVQA()

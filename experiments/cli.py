@@ -3,19 +3,18 @@
     parser = argparse.ArgumentParser(); add_config_flags(parser)
     cfg = config_from_args(parser, argv)      # preset + flags + --set overrides
 
-Every config field becomes `--field` (dashes accepted: `--lr-mp`), with its help text and default;
-`--set section.field=value` reaches any field by its dotted name. Unknown flags are an error that
-lists close matches.
+Every config field becomes `--field` (dashes accepted: `--lr-projector`), with its help text and
+default, plus its old names from `nanovlm.config.ALIASES` (`--lr_mp`); `--set section.field=value`
+reaches any field by its dotted name. Unknown flags are an error that lists close matches.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 from typing import Any, Sequence
 
-from nanovlm.config import SECTIONS, ConfigError, ExperimentConfig, override
+from nanovlm.config import SECTIONS, ExperimentConfig, aliases_of, override, parse_assignments, suggest
 from experiments.presets import get_preset
 
 _SKIP = {"preset"}  # chosen by the positional argument
@@ -39,7 +38,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     for dotted, f, default in _config_fields():
         section = dotted.split(".")[0] if "." in dotted else "experiment"
         group = groups.setdefault(section, parser.add_argument_group(f"{section} config"))
-        names = [f.name, *f.metadata.get("aliases", ())]
+        names = [f.name, *aliases_of(f.name)]
         flags = [f"--{n}" for n in names] + [f"--{n.replace('_', '-')}" for n in names if "_" in n]
         kwargs: dict[str, Any] = dict(dest=f"cfg:{dotted}", default=argparse.SUPPRESS,
                                       help=f"{f.metadata.get('help', '')} (preset default; base {default!r})")
@@ -61,18 +60,12 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpar
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         flag = unknown[0].split("=")[0]
-        close = difflib.get_close_matches(flag, known_flags(parser), n=3, cutoff=0.6)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; see --help"
-        parser.error(f"unknown argument {unknown[0]!r}{hint}")
+        parser.error(f"unknown argument {unknown[0]!r}. {suggest(flag, known_flags(parser)) or 'See --help.'}")
     return args
 
 
 def config_from_args(args: argparse.Namespace, preset: str) -> ExperimentConfig:
     """The preset with the command line's flags and --set overrides applied."""
     changes: dict[str, Any] = {k.split(":", 1)[1]: v for k, v in vars(args).items() if k.startswith("cfg:")}
-    for item in getattr(args, "set", []):
-        if "=" not in item:
-            raise ConfigError(f"--set expects SECTION.FIELD=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        changes[key.strip()] = value
+    changes.update(parse_assignments(getattr(args, "set", [])))
     return override(get_preset(preset), changes)

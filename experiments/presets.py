@@ -29,18 +29,18 @@ def original_small() -> ExperimentConfig:
 def dinov3_gemma() -> ExperimentConfig:
     """DINOv3-S/16+ + Gemma-3-270M-it at 224 px: 14x14 patches -> 49 image tokens; CLS + 4 registers dropped."""
     return override(replace(default(), preset="dinov3_gemma"),
-                    {"vision_encoder": "dinov3", "dinov3_model": "vits16plus", "language_model": "gemma",
+                    {"vision_encoder": "dinov3", "dinov3_size": "vits16plus", "language_model": "gemma",
                      "image_tokens": 49})
 
 
 def dinov3b_smollm() -> ExperimentConfig:
     """DINOv3-B/16 + SmolLM2-360M-Instruct at 224 px, 49 image tokens (a row of the size table)."""
-    return override(replace(dinov3_gemma(), preset="dinov3b_smollm"), {"dinov3_model": "vitb16", "language_model": "smollm"})
+    return override(replace(dinov3_gemma(), preset="dinov3b_smollm"), {"dinov3_size": "vitb16", "language_model": "smollm"})
 
 
 def dinov3l_gemma() -> ExperimentConfig:
     """DINOv3-L/16 + Gemma-3-270M-it at 224 px, 49 image tokens (a row of the size table)."""
-    return override(replace(dinov3_gemma(), preset="dinov3l_gemma"), {"dinov3_model": "vitl16"})
+    return override(replace(dinov3_gemma(), preset="dinov3l_gemma"), {"dinov3_size": "vitl16"})
 
 
 def tiny() -> ExperimentConfig:
@@ -51,8 +51,8 @@ def tiny() -> ExperimentConfig:
         # Rows of 336 tokens hold four ~83-token samples: 4 rows = 16 samples per step.
         data=DataConfig(dataset="synthetic", train_samples=4000, val_samples=200, max_length=336),
         # Random tiny backbones learn from scratch, so every part gets a high rate.
-        train=TrainConfig(batch_size=4, gradient_accumulation_steps=1, max_steps=600, lr_mp=0.01,
-                          lr_backbones=0.003, warmup_ratio=0.05, validation_steps=100, eval_interval=100,
+        train=TrainConfig(batch_size=4, gradient_accumulation_steps=1, max_steps=600, lr_projector=0.01,
+                          lr_backbones=0.003, warmup_ratio=0.05, validation_steps=100, best_checkpoint_steps=100,
                           save_checkpoint_steps=200, eval_tasks="synthetic"),
     )
 

@@ -2,7 +2,7 @@
 
     python -m experiments.run tiny                                   # offline, minutes on CPU
     python -m experiments.run original_small --random_init --dry_run # resolved config + parameter counts
-    python -m experiments.run dinov3_gemma --freeze_vision_encoder --lr_mp 1e-3
+    python -m experiments.run dinov3_gemma --freeze_vision_encoder --lr_projector 1e-3
     python -m experiments.run --list                                 # presets and backbones
     python -m experiments.run tiny --register nanovlm-tiny --alias champion   # + an MLflow Model Registry version
 """

@@ -3,6 +3,7 @@
     result = run_experiment(get_preset("tiny"))                 # -> RunResult(run_id, checkpoint, metrics)
     result = run_experiment(cfg, resume="latest")               # continue the newest run of this name
     result = run_experiment(cfg, parent_run_id=sweep_run_id)    # a nested MLflow run (sweeps)
+    run_experiment(cfg, on_run_started=ids.append)              # the MLflow run id as soon as the run exists
 
 Builds one thing per block and logs what it built: tracker, model, data, training, evaluation,
 artifacts. Importable (sweeps call it); `experiments/run.py` is only its command line.
@@ -21,10 +22,10 @@ import torch
 
 from evals.during_training import build_evaluator
 from experiments.presets import get_preset
-from nanovlm import metrics as M
+from nanovlm import metrics as metric_names
 from nanovlm import plots
 from nanovlm.checkpoint import checkpoint_problem, latest_checkpoint, latest_complete_checkpoint, read_trainer_state
-from nanovlm.config import ConfigError, ExperimentConfig, diff, flatten, from_dict
+from nanovlm.config import ConfigError, ExperimentConfig, diff, flatten, from_dict, write_config
 from nanovlm.data.datasets import SampleProcessor, StreamingVQA, VQADataset, load_splits
 from nanovlm.distributed import Dist
 from nanovlm.files import HeldLock, LockBusy, try_lock, write_json
@@ -46,13 +47,13 @@ class RunResult:
     metrics: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
-        keys = [M.TRAIN_LOSS, M.VAL_LOSS, M.BEST_VAL_LOSS] + sorted(k for k in self.metrics if k.startswith("eval/"))
+        keys = [metric_names.TRAIN_LOSS, metric_names.VAL_LOSS, metric_names.BEST_VAL_LOSS] + sorted(k for k in self.metrics if k.startswith("eval/"))
         shown = ", ".join(f"{k}={self.metrics[k]:.4g}" for k in keys if k in self.metrics)
         return f"{shown}; checkpoint {self.checkpoint}"
 
 
 def default_run_name(cfg: ExperimentConfig) -> str:
-    """The preset plus what differs from it, e.g. `tiny-lr_mp=0.01-language_model=gemma`."""
+    """The preset plus what differs from it, e.g. `tiny-lr_projector=0.01-language_model=gemma`."""
     changes = diff(get_preset(cfg.preset), cfg)
     parts = [f"{k.split('.')[-1]}={v[1]}" for k, v in changes.items() if k not in ("run_name", "output_dir", "experiment")]
     return "-".join([cfg.preset, *parts])[:120].replace("/", "_")
@@ -153,7 +154,7 @@ def _plot_losses(history: dict[str, list[list[float]]], path: Path) -> Path:
     for name, points in history.items():
         if points and name.endswith("loss"):  # benchmark scores are on their own charts in MLflow
             steps, values = zip(*points)
-            ax.plot(steps, values, label=name, marker="o" if name == M.VAL_LOSS else None)
+            ax.plot(steps, values, label=name, marker="o" if name == metric_names.VAL_LOSS else None)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
     ax.legend()
@@ -162,7 +163,10 @@ def _plot_losses(history: dict[str, list[list[float]]], path: Path) -> Path:
 
 
 def run_experiment(cfg: ExperimentConfig, resume: str | None = None, parent_run_id: str | None = None,
-                   tracking_uri: str | None = None, on_validation: Callable[[int, dict[str, float]], None] | None = None) -> RunResult:
+                   tracking_uri: str | None = None, on_validation: Callable[[int, dict[str, float]], None] | None = None,
+                   on_run_started: Callable[[str], None] | None = None) -> RunResult:
+    """Train, evaluate and track one run. `on_run_started(run_id)` gets the MLflow run's id (the resumed
+    run's on resume) once the run exists, before training: a caller can link a run that is killed later."""
     torch.manual_seed(cfg.train.seed)
     device = pick_device(cfg.train.device)
     dist = Dist.from_env(device.type)
@@ -197,7 +201,8 @@ def run_experiment(cfg: ExperimentConfig, resume: str | None = None, parent_run_
             stored = from_dict(ExperimentConfig, state.config)
             check_compatible(stored.model, cfg.model, str(resume_path))
             run_id = state.run_id
-        return _run(cfg, run_dir, resume_path, run_id, device, dist, parent_run_id, tracking_uri, on_validation)
+        return _run(cfg, run_dir, resume_path, run_id, device, dist, parent_run_id, tracking_uri, on_validation,
+                    on_run_started)
     finally:
         if lock is not None:
             lock.release()
@@ -205,7 +210,8 @@ def run_experiment(cfg: ExperimentConfig, resume: str | None = None, parent_run_
 
 def _run(cfg: ExperimentConfig, run_dir: Path, resume_path: Path | None, run_id: str | None, device: torch.device,
          dist: Dist, parent_run_id: str | None, tracking_uri: str | None,
-         on_validation: Callable[[int, dict[str, float]], None] | None) -> RunResult:
+         on_validation: Callable[[int, dict[str, float]], None] | None,
+         on_run_started: Callable[[str], None] | None) -> RunResult:
     run_name = run_dir.name
 
     # Tracking: rank 0 only. Runs of this host whose process died (SIGKILL) are marked KILLED first.
@@ -215,7 +221,9 @@ def _run(cfg: ExperimentConfig, run_dir: Path, resume_path: Path | None, run_id:
                                       tracking_uri=tracking_uri, tags={"preset": cfg.preset})
     else:
         tracker = NullTracker()
-    with tracker:
+    with tracker:  # entered first: a failing callback still ends the run
+        if on_run_started is not None and tracker.run_id is not None:  # rank 0's (a NullTracker has none)
+            on_run_started(tracker.run_id)
         log.info("run %s (%s) in %s; MLflow run %s", run_name, "resumed" if resume_path else "new", run_dir, tracker.run_id)
 
         model = build_vlm(cfg.model)
@@ -238,23 +246,23 @@ def _run(cfg: ExperimentConfig, run_dir: Path, resume_path: Path | None, run_id:
         for context, part in (("training", splits.train), ("validation", splits.val)):  # the runs table's Dataset
             tracker.log_dataset(splits.source, splits.fingerprint, context, data=part, subset=cfg.data.subsets)
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "config.json", {"preset": cfg.preset, **flatten(cfg)})
+        write_config(run_dir / "config.json", cfg)
 
         # Benchmarks (--eval_tasks) run inside training, every eval_steps and at the last step.
         synthetic_records = list(splits.val) if splits.source == "synthetic" else None
         evaluate = build_evaluator(model, cfg, synthetic_records, dist,
                                    run=(run_dir, tracker.run_id, getattr(tracker, "tracking_uri", "")))
-        state = train(model, train_set, val_set, cfg, tracker, run_dir, resume_from=resume_path, dist=dist,
+        state = train(model, train_set, val_set, cfg, run_dir, tracker, resume_from=resume_path, dist=dist,
                       on_validation=on_validation, evaluate=evaluate)
         if evaluate is not None:
             evaluate.finish()  # --eval_async: evaluations still running, or waiting for the end of training
 
         final: dict[str, float] = {}  # logged once, at the last step
         if dist.is_main:
-            final.update({f"{M.PARAMS_PREFIX}{k}": float(v) for k, v in counts.items()})
+            final.update({f"{metric_names.PARAMS_PREFIX}{k}": float(v) for k, v in counts.items()})
             tracker.log_metrics(final, state.step)
             final.update({name: points[-1][1] for name, points in state.history.items()},  # last value of each
-                         **{M.BEST_VAL_LOSS: state.best_val_loss})
+                         **{metric_names.BEST_VAL_LOSS: state.best_val_loss})
             tracker.log_artifact(run_dir / "config.json")
             tracker.log_artifact(_plot_losses(state.history, run_dir / "loss_curve.png"))
             write_json(run_dir / "results.json", final)

@@ -24,7 +24,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Backbone:
-    hub_id: str  # may contain {model} (DINOv3 sizes)
+    hub_id: str  # may contain {size} (DINOv3 sizes)
     tiny: str  # name of the offline stand-in of the same family (see nanovlm/tiny.py)
     about: str
 
@@ -33,9 +33,9 @@ VISION_ENCODERS: dict[str, Backbone] = {
     "siglip": Backbone("google/siglip2-base-patch16-512", "siglip", "SigLIP2-B/16, 512 px (model type siglip)"),
     "siglip-224": Backbone("google/siglip-base-patch16-224", "siglip", "SigLIP-B/16, 224 px (original_small)"),
     "dinov2": Backbone("facebook/dinov2-small", "dinov2", "DINOv2-S/14, CLS token"),
-    "dinov3": Backbone("facebook/dinov3-{model}-pretrain-lvd1689m", "dinov3", "DINOv3 (--dinov3_model), CLS + 4 registers"),
+    "dinov3": Backbone("facebook/dinov3-{size}-pretrain-lvd1689m", "dinov3", "DINOv3 (--dinov3_size), CLS + 4 registers"),
 }
-DINOV3_MODELS = ("vits16", "vits16plus", "vitb16", "vitl16")
+DINOV3_SIZES = ("vits16", "vits16plus", "vitb16", "vitl16")
 
 LANGUAGE_MODELS: dict[str, Backbone] = {
     "smollm": Backbone("HuggingFaceTB/SmolLM2-360M-Instruct", "smollm", "SmolLM2-360M-Instruct (Llama-style)"),
@@ -63,11 +63,11 @@ def lookup(registry: dict[str, Backbone], name: str, kind: str) -> Backbone | No
 
 
 def _dinov3_size(cfg: ModelConfig) -> str:
-    if cfg.dinov3_model == "vitl14":
-        raise ConfigError("dinov3_model 'vitl14' does not exist (DINOv3 ViT-L uses 16x16 patches): use 'vitl16'")
-    if cfg.dinov3_model not in DINOV3_MODELS:
-        raise ConfigError(f"unknown dinov3_model {cfg.dinov3_model!r}. Valid: {', '.join(DINOV3_MODELS)}")
-    return cfg.dinov3_model
+    if cfg.dinov3_size == "vitl14":
+        raise ConfigError("dinov3_size 'vitl14' does not exist (DINOv3 ViT-L uses 16x16 patches): use 'vitl16'")
+    if cfg.dinov3_size not in DINOV3_SIZES:
+        raise ConfigError(f"unknown dinov3_size {cfg.dinov3_size!r}. Valid: {', '.join(DINOV3_SIZES)}")
+    return cfg.dinov3_size
 
 
 def _resolve(cfg: ModelConfig, name: str, registry: dict[str, Backbone], kind: str) -> str:
@@ -80,12 +80,12 @@ def _resolve(cfg: ModelConfig, name: str, registry: dict[str, Backbone], kind: s
         return str(tiny.ensure(entry.tiny))
     if entry is None:
         return name
-    return entry.hub_id.format(model=_dinov3_size(cfg)) if "{model}" in entry.hub_id else entry.hub_id
+    return entry.hub_id.format(size=_dinov3_size(cfg)) if "{size}" in entry.hub_id else entry.hub_id
 
 
 def resolve_vision(cfg: ModelConfig) -> str:
     """Hub id or local directory of the configured vision encoder."""
-    if cfg.vision_encoder == "dinov3" or cfg.dinov3_model != "vits16plus":
+    if cfg.vision_encoder == "dinov3" or cfg.dinov3_size != "vits16plus":
         _dinov3_size(cfg)  # validate even when another encoder is chosen: a typo should not pass silently
     return _resolve(cfg, cfg.vision_encoder, VISION_ENCODERS, "vision encoder")
 
@@ -121,25 +121,25 @@ def hub_call(source: str, fn: Callable[[], T], what: str) -> T:
         ) from err
 
 
-def config_source(source: str, prefer_snapshot: bool) -> str:
+def config_source(source: str) -> str:
     """Where to read a backbone's config from: a local dir, the bundled snapshot, or the hub id."""
-    snap = snapshot_dir(source)
     if os.path.isdir(source):
         return source
-    return str(snap) if snap is not None and prefer_snapshot else source
+    snap = snapshot_dir(source)
+    return str(snap) if snap is not None else source
 
 
-def load_backbone_config(source: str, prefer_snapshot: bool = True) -> Any:
+def load_backbone_config(source: str) -> Any:
     """The transformers config of a backbone; the bundled snapshot avoids a download."""
     from transformers import AutoConfig
 
-    src = config_source(source, prefer_snapshot)
+    src = config_source(source)
     return hub_call(source, lambda: AutoConfig.from_pretrained(src), "config")
 
 
-def read_json_file(source: str, filename: str, prefer_snapshot: bool = True) -> dict[str, Any]:
-    """A JSON file of a hub repo (e.g. preprocessor_config.json), local or downloaded."""
-    src = config_source(source, prefer_snapshot)
+def read_json_file(source: str, filename: str) -> dict[str, Any]:
+    """A JSON file of a hub repo (e.g. preprocessor_config.json), local, bundled or downloaded."""
+    src = config_source(source)
     if os.path.isdir(src):
         return json.loads((Path(src) / filename).read_text())
     from huggingface_hub import hf_hub_download
@@ -170,7 +170,7 @@ def describe() -> str:
     """Human-readable registry listing for `--list`."""
     lines = ["Vision encoders (--vision_encoder):"]
     lines += [f"  {k:<12} {v.hub_id:<48} {v.about}" for k, v in VISION_ENCODERS.items()]
-    lines.append(f"  DINOv3 sizes (--dinov3_model): {', '.join(DINOV3_MODELS)}")
+    lines.append(f"  DINOv3 sizes (--dinov3_size): {', '.join(DINOV3_SIZES)}")
     lines.append("Language models (--language_model):")
     lines += [f"  {k:<12} {v.hub_id:<48} {v.about}" for k, v in LANGUAGE_MODELS.items()]
     return "\n".join(lines)

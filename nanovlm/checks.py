@@ -126,9 +126,9 @@ def check_config(cfg: ExperimentConfig) -> None:
                           f"encoder would be silently frozen. Drop one (lr_vision=0 also freezes it)")
     vision = 0.0 if t.freeze_vision_encoder else (t.lr_backbones if t.lr_vision < 0 else t.lr_vision)
     language = t.lr_backbones if t.lr_language < 0 else t.lr_language
-    if t.lr_mp == 0 and vision == 0 and language == 0:
-        raise ConfigError("every learning rate is 0 (lr_mp, and the vision and language rates): nothing would be "
-                          "trained. Give at least one part a rate above 0")
+    if t.lr_projector == 0 and vision == 0 and language == 0:
+        raise ConfigError("every learning rate is 0 (lr_projector, and the vision and language rates): nothing "
+                          "would be trained. Give at least one part a rate above 0")
     _check_device(t.device)
 
     if d.dataset != "synthetic":
@@ -182,7 +182,9 @@ def environment_error(err: BaseException) -> str | None:
         fix = ("free some space or write elsewhere (--output_dir)" if err.errno in (errno.ENOSPC, errno.EDQUOT)
                else "make it writable or write elsewhere (--output_dir, NANOVLM_HOME)")
         return f"{_DISK_ERRNOS[err.errno]}{where}; {fix}"
-    if isinstance(err, RuntimeError) and _raised_in(err, os.path.join("nanovlm", "tracking.py")):
+    from nanovlm.tracking import TrackingError  # no mlflow import: cheap
+
+    if isinstance(err, TrackingError):
         return _first_line(err)  # the tracker's own messages (a deleted experiment or run) say what to do
     kind = type(err).__name__
     if kind == "SafetensorError" or "safetensors" in type(err).__module__:
@@ -194,16 +196,6 @@ def environment_error(err: BaseException) -> str | None:
                 f"NANOVLM_HOME, restore a deleted experiment (mlflow experiments restore) or use another "
                 f"--experiment")
     return None
-
-
-def _raised_in(err: BaseException, filename: str) -> bool:
-    """Whether the innermost frame of the error's traceback is in `filename` (a path suffix)."""
-    tb = err.__traceback__
-    if tb is None:
-        return False
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    return tb.tb_frame.f_code.co_filename.endswith(filename)
 
 
 def _first_line(err: BaseException) -> str:

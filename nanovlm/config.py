@@ -3,9 +3,13 @@
 Each field carries its help text in `metadata["help"]`; the command line (`experiments/run.py`) is
 generated from these fields, so a field is declared once, here. Change a config with `override`:
 
-    cfg = override(cfg, {"train.lr_mp": 1e-3, "model.language_model": "gemma"})
+    cfg = override(cfg, {"train.lr_projector": 1e-3, "model.language_model": "gemma"})
+    cfg = override(cfg, parse_assignments(["train.seed=7"]))     # the `--set` flag's parser
+    write_config(run_dir / "config.json", cfg); read_config(run_dir / "config.json") == cfg
 
-Field names are unique across sections, so the short form `override(cfg, {"lr_mp": 1e-3})` works too.
+Field names are unique across sections, so the short form `override(cfg, {"lr_projector": 1e-3})` works
+too. ALIASES keeps the old names (the upstream nanoVLM flags, e.g. `lr_mp`) working everywhere a
+name is read: flags, `--set`, sweep parameters and saved configs.
 """
 
 from __future__ import annotations
@@ -13,7 +17,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterable
+
+from nanovlm.files import read_json, write_json
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -24,7 +31,7 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 class ModelConfig:
     vision_encoder: str = _f("siglip", "vision encoder: a registry key (see --list), hub id or local path",
                               nonempty=True)
-    dinov3_model: str = _f("vits16plus", "DINOv3 size when vision_encoder=dinov3: vits16, vits16plus, vitb16, vitl16",
+    dinov3_size: str = _f("vits16plus", "DINOv3 size when vision_encoder=dinov3: vits16, vits16plus, vitb16, vitl16",
                             nonempty=True)
     language_model: str = _f("smollm", "language model: a registry key (see --list), hub id or local path",
                               nonempty=True)
@@ -57,7 +64,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    lr_mp: float = _f(0.00512, "learning rate of the modality projector (trained from scratch, so high)", min=0)
+    lr_projector: float = _f(0.00512, "learning rate of the modality projector (trained from scratch, so high)", min=0)
     lr_backbones: float = _f(5e-05, "learning rate of both backbones; 0 freezes them", min=0)
     lr_vision: float = _f(-1.0, "vision encoder learning rate; -1 = lr_backbones, 0 = frozen", min=0,
                          special_values=(-1,), special="or -1 = lr_backbones")
@@ -66,13 +73,14 @@ class TrainConfig:
     freeze_vision_encoder: bool = _f(False, "freeze the vision encoder (Locked-image Text tuning)")
     batch_size: int = _f(2, "rows per device per micro-step (a row is one sample, or several when packing)", min=1)
     packing: bool = _f(True, "pack samples first-fit into rows of max_length tokens (attention stays per sample)")
-    gradient_accumulation_steps: int = _f(32, "micro-steps per optimizer step", aliases=("grad_accum",), min=1)
-    max_steps: int = _f(5000, "optimizer steps", aliases=("max_training_steps",), min=1)
+    gradient_accumulation_steps: int = _f(32, "micro-steps per optimizer step", min=1)
+    max_steps: int = _f(5000, "optimizer steps", min=1)
     warmup_ratio: float = _f(0.03, "fraction of max_steps of linear warmup before the cosine decay", min=0, max=1)
     weight_decay: float = _f(0.0, "AdamW weight decay", min=0)
     max_grad_norm: float = _f(1.0, "gradient clipping norm; 0 disables clipping", min=0)
     validation_steps: int = _f(500, "compute the validation loss every N steps", min=1)
-    eval_interval: int = _f(500, "every N steps, keep the checkpoint with the best validation loss", min=1)
+    best_checkpoint_steps: int = _f(500, "every N steps, validate and keep the checkpoint with the best "
+                                         "validation loss", min=1)
     save_checkpoint_steps: int = _f(1000, "write a resumable checkpoint every N steps", min=1)
     keep_checkpoints: int = _f(2, "resumable checkpoints to keep (plus the best)", min=1)
     compile: str = _f("auto", "torch.compile each transformer block: auto (on CUDA), true or false",
@@ -108,6 +116,16 @@ class ExperimentConfig:
 
 SECTIONS = ("model", "data", "train")
 
+# Old field name -> its field's name now. Upstream nanoVLM users type these, and saved configs
+# (checkpoints' config.json, trainer_state.json) hold them.
+ALIASES: dict[str, str] = {
+    "lr_mp": "lr_projector",
+    "eval_interval": "best_checkpoint_steps",  # it never ran benchmarks (eval_steps does)
+    "dinov3_model": "dinov3_size",
+    "grad_accum": "gradient_accumulation_steps",
+    "max_training_steps": "max_steps",
+}
+
 
 class ConfigError(ValueError):
     """A bad configuration value or name; the message says how to fix it."""
@@ -125,27 +143,56 @@ def _leaf_fields(cfg: ExperimentConfig) -> dict[str, tuple[str | None, dataclass
     return out
 
 
+def aliases_of(name: str) -> list[str]:
+    """The old names of field `name` (short form)."""
+    return [old for old, new in ALIASES.items() if new == name]
+
+
 def field_index(cfg: ExperimentConfig | None = None) -> dict[str, str]:
-    """Every accepted key (dotted, short and aliases) -> its dotted name."""
+    """Every accepted key (dotted and short, current and old) -> its dotted name."""
     cfg = cfg or ExperimentConfig()
     index: dict[str, str] = {}
-    for dotted, (_, f) in _leaf_fields(cfg).items():
-        for key in (dotted, f.name, *f.metadata.get("aliases", ())):
-            index[key] = dotted
+    for dotted, (section, f) in _leaf_fields(cfg).items():
+        for name in (f.name, *aliases_of(f.name)):
+            index[name] = dotted
+            index[f"{section}.{name}" if section else name] = dotted
     return index
+
+
+def canonical(name: str) -> str:
+    """A parameter name with an old (aliased) field name replaced by the current one; others unchanged."""
+    section, dot, short = name.rpartition(".")
+    return f"{section}{dot}{ALIASES.get(short, short)}"
+
+
+def parse_bool(value: str, name: str) -> bool:
+    """'true'/'yes'/'on'/'1' -> True, 'false'/'no'/'off'/'0' -> False (any case); else a ConfigError."""
+    text = value.strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}: expected true or false, got {value!r}")
+
+
+def parse_assignments(items: Iterable[str], flag: str = "--set", form: str = "SECTION.FIELD=VALUE") -> dict[str, str]:
+    """`["train.seed=7", ...]` (the `--set` flag, repeated) -> {"train.seed": "7", ...}; values are parsed
+    later, by `override`. `flag` and `form` name what the user typed, for the error."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} expects {form}, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
 
 
 def _coerce(value: Any, typ: Any, name: str) -> Any:
     """Parse `value` (often a command-line string) into the field's declared type."""
     typ = {"int": int, "float": float, "bool": bool, "str": str}.get(typ, typ)
     if isinstance(value, str) and typ is not str:
-        text = value.strip().lower()
         if typ is bool:
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off"):
-                return False
-            raise ConfigError(f"{name}: expected true/false, got {value!r}")
+            return parse_bool(value, name)
         try:
             return typ(value)
         except ValueError:
@@ -159,20 +206,29 @@ def _coerce(value: Any, typ: Any, name: str) -> Any:
     return value
 
 
-def unknown_key_error(key: str, valid: list[str]) -> ConfigError:
-    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
-    hint = f" Did you mean: {', '.join(close)}?" if close else f" Valid: {', '.join(sorted(valid))}"
-    return ConfigError(f"unknown config field {key!r}.{hint}")
+def suggest(name: str, valid: Iterable[str], n: int = 3, cutoff: float = 0.6) -> str:
+    """'Did you mean a or b?' naming the entries of `valid` closest to a mistyped `name`; '' if none is close.
+
+    Callers append it to their own message: f"unknown task {name!r}. {suggest(name, TASKS)}".
+    """
+    close = difflib.get_close_matches(name, list(valid), n=n, cutoff=cutoff)
+    return f"Did you mean {' or '.join(close)}?" if close else ""
+
+
+def unknown_key_error(key: str, cfg: ExperimentConfig | None = None) -> ConfigError:
+    """Suggests any accepted name (an old one too: the user may know that); lists only current ones."""
+    hint = suggest(key, field_index(cfg)) or f"Valid: {', '.join(sorted(_leaf_fields(cfg or ExperimentConfig())))}"
+    return ConfigError(f"unknown config field {key!r}. {hint}")
 
 
 def override(cfg: ExperimentConfig, changes: dict[str, Any]) -> ExperimentConfig:
-    """A copy of `cfg` with `changes` applied; keys are dotted (`train.lr_mp`), short or aliases."""
+    """A copy of `cfg` with `changes` applied; keys are dotted (`train.lr_projector`), short or old names."""
     index = field_index(cfg)
     leaves = _leaf_fields(cfg)
     per_section: dict[str | None, dict[str, Any]] = {}
     for key, value in changes.items():
         if key not in index:
-            raise unknown_key_error(key, [k for k in index if "." in k or k in leaves])
+            raise unknown_key_error(key, cfg)
         dotted = index[key]
         section, f = leaves[dotted]
         choices = f.metadata.get("choices")
@@ -187,7 +243,7 @@ def override(cfg: ExperimentConfig, changes: dict[str, Any]) -> ExperimentConfig
 
 
 def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dataclass -> {"train.lr_mp": 0.00512, ...} (for MLflow params and diffs)."""
+    """Nested dataclass -> {"train.lr_projector": 0.00512, ...} (for MLflow params and diffs)."""
     out: dict[str, Any] = {}
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
@@ -199,12 +255,16 @@ def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
+    """The one saved shape of a config: nested sections (`{"train": {"lr_projector": ...}}`); see from_dict."""
     return dataclasses.asdict(cfg)
 
 
 def from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """Inverse of `to_dict`; unknown keys are an error (a config from another version)."""
+    """Inverse of `to_dict`. Old field names (ALIASES) are read as their new ones; other unknown keys are
+    an error (a config from another version)."""
     names = {f.name: f for f in dataclasses.fields(cls)}
+    data = {ALIASES[k] if k in ALIASES and ALIASES[k] in names and ALIASES[k] not in data else k: v
+            for k, v in data.items()}
     unknown = set(data) - set(names)
     if unknown:
         raise ConfigError(f"{cls.__name__}: unknown fields {sorted(unknown)} (config from another version?)")
@@ -213,6 +273,16 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
         sub = _dataclass_type(names[name].type)
         kwargs[name] = from_dict(sub, value) if sub and isinstance(value, dict) else value
     return cls(**kwargs)
+
+
+def write_config(path: str | Path, cfg: Any) -> None:
+    """Save a config as JSON in the to_dict shape (a run's config.json, a profiling worker's input)."""
+    write_json(path, to_dict(cfg))
+
+
+def read_config(path: str | Path, cls: type = ExperimentConfig) -> Any:
+    """A config saved by `write_config` (old field names included)."""
+    return from_dict(cls, read_json(path))
 
 
 def _dataclass_type(typ: Any) -> type | None:

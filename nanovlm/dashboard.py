@@ -1,7 +1,7 @@
 """What the MLflow UI shows first: the experiment tags and links that make it a training dashboard.
 
     experiment_tags()      # {"mlflow.experimentKind": ..., "mlflow.sharedViewState.training": <saved view>}
-    runs_view("Sweep s1", {"Sweep": [...]}, columns=[param_column("train.lr_mp")], parallel=(params, metrics))
+    runs_view("Sweep s1", {"Sweep": [...]}, columns=[param_column("train.lr_projector")], parallel=(params, metrics))
     ui_link("sqlite:////x/mlflow.db", "1", view="training")
         # -> http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning&viewStateShareKey=training...
 
@@ -30,7 +30,7 @@ import time
 from typing import Iterable
 from urllib.parse import urlencode
 
-from nanovlm import metrics as M
+from nanovlm import metrics as metric_names
 
 KIND_TAG = "mlflow.experimentKind"
 TRAINING_KIND = "custom_model_development"
@@ -41,11 +41,11 @@ DEFAULT_UI = "http://127.0.0.1:5000"  # where `mlflow ui` listens unless told ot
 # The training view: curves a user looks at first, in this order. A metric no run logs has no chart
 # (the UI hides empty charts); metrics not listed get the UI's own sections after these.
 TRAINING_SECTIONS: dict[str, list[str]] = {
-    "Loss": [M.TRAIN_LOSS, M.VAL_LOSS, M.BEST_VAL_LOSS],
-    "Learning rate": [M.lr_name(part) for part in ("projector", "vision", "language")],
-    "Throughput": [M.SAMPLES_PER_S, M.TOKENS_PER_S, M.PEAK_MEMORY_MB, M.GRAD_NORM],
-    "Benchmarks": [M.eval_name("synthetic", "overall"), M.eval_name("synthetic_blind", "overall"),
-                   M.eval_name("mmstar", "average")],
+    "Loss": [metric_names.TRAIN_LOSS, metric_names.VAL_LOSS, metric_names.BEST_VAL_LOSS],
+    "Learning rate": [metric_names.lr_name(part) for part in ("projector", "vision", "language")],
+    "Throughput": [metric_names.SAMPLES_PER_S, metric_names.TOKENS_PER_S, metric_names.PEAK_MEMORY_MB, metric_names.GRAD_NORM],
+    "Benchmarks": [metric_names.eval_name("synthetic", "overall"), metric_names.eval_name("synthetic_blind", "overall"),
+                   metric_names.eval_name("mmstar", "average")],
 }
 # The runs table's default columns (MLflow's own).
 DEFAULT_COLUMNS = ["attributes.`Source`", "attributes.`Models`", "attributes.`Dataset`"]
@@ -108,7 +108,7 @@ def runs_view(name: str, sections: dict[str, list[str]], *, columns: Iterable[st
 
 def experiment_tags() -> dict[str, str]:
     """The tags every experiment of this project gets when it is created (or first used)."""
-    columns = [*DEFAULT_COLUMNS, metric_column(M.TRAIN_LOSS), metric_column(M.VAL_LOSS), tag_column("preset")]
+    columns = [*DEFAULT_COLUMNS, metric_column(metric_names.TRAIN_LOSS), metric_column(metric_names.VAL_LOSS), tag_column("preset")]
     return {KIND_TAG: TRAINING_KIND,
             VIEW_TAG_PREFIX + TRAINING_VIEW: runs_view("Training curves", TRAINING_SECTIONS, columns=columns)}
 

@@ -25,7 +25,7 @@ _MODULE = {"projector": "projector", "vision": "vision", "language": "lm"}
 def group_rates(cfg: TrainConfig) -> dict[str, float]:
     vision = cfg.lr_backbones if cfg.lr_vision < 0 else cfg.lr_vision
     language = cfg.lr_backbones if cfg.lr_language < 0 else cfg.lr_language
-    return {"projector": cfg.lr_mp, "vision": 0.0 if cfg.freeze_vision_encoder else vision, "language": language}
+    return {"projector": cfg.lr_projector, "vision": 0.0 if cfg.freeze_vision_encoder else vision, "language": language}
 
 
 def frozen_parts(cfg: TrainConfig) -> list[str]:

@@ -1,6 +1,6 @@
 """The training loop: one function, read top to bottom.
 
-    state = train(model, train_set, val_set, cfg, tracker, run_dir, resume_from=None, dist=Dist())
+    state = train(model, train_set, val_set, cfg, run_dir, tracker, resume_from=None, dist=Dist())
 
 Samples are packed first-fit into rows of `max_length` tokens (`--packing`, attention stays inside
 each sample) with static shapes; `nanovlm.step.train_step` does forward/backward over the
@@ -9,7 +9,7 @@ reads the step's numbers once per `log_interval` (and before validating or savin
 the host runs ahead and the device never waits for Python. bf16 autocast on CUDA (fp32 on CPU),
 each transformer block compiled on CUDA, DDP under torchrun.
 
-Validation every `validation_steps`, the best model kept at `eval_interval`, a resumable
+Validation every `validation_steps`, the best model kept at `best_checkpoint_steps`, a resumable
 checkpoint every `save_checkpoint_steps`; the last step always validates and saves. Resuming
 restores weights, optimizer, RNG and every rank's data position, so the losses continue exactly.
 """
@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from nanovlm import metrics as M
+from nanovlm import metrics as metric_names
 from nanovlm.checks import too_many_skipped
 from nanovlm.checkpoint import TrainerState, load_training_checkpoint, save_best, save_training_checkpoint
 from nanovlm.config import ConfigError, ExperimentConfig, to_dict
@@ -113,17 +113,17 @@ def validate(step_model: torch.nn.Module, val_batches: Iterator[dict[str, Any]],
 def _improves(metric: str, value: float, best: float | None) -> bool:
     if best is None:
         return True
-    return value > best if M.higher_is_better(metric) else value < best
+    return value > best if metric_names.higher_is_better(metric) else value < best
 
 
 # ----------------------------------------------------------------------------- the loop
 
 
-def train(model: Any, train_set: Any, val_set: Any, cfg: ExperimentConfig, tracker: Tracker | None = None,
-          run_dir: str | Path = "runs/debug", resume_from: str | Path | None = None, dist: Dist = Dist(),
+def train(model: Any, train_set: Any, val_set: Any, cfg: ExperimentConfig, run_dir: str | Path,
+          tracker: Tracker | None = None, resume_from: str | Path | None = None, dist: Dist = Dist(),
           on_validation: Callable[[int, dict[str, float]], None] | None = None,
           evaluate: Callable[[int], dict[str, float]] | None = None) -> TrainerState:
-    """Train until cfg.train.max_steps. `evaluate(step)` -> {eval/<task>/<score>: value} runs the
+    """Train until cfg.train.max_steps, writing checkpoints under `run_dir`. `evaluate(step)` -> {eval/<task>/<score>: value} runs the
     benchmarks every `eval_steps` and at the last step, on every rank (the runner builds it from
     `evals`). `on_validation(step, metrics)` gets the step's metrics after each validation or
     evaluation and may stop the run by raising (a sweep's pruner does)."""
@@ -189,10 +189,10 @@ def train(model: Any, train_set: Any, val_set: Any, cfg: ExperimentConfig, track
         numbers = train_step(step_model, model, optimizer, [model_inputs(b, device) for b in micro_batches],
                              autocast, tc.max_grad_norm, dist)  # (loss, grad_norm, skipped), still on the device
         state.step += 1
-        unread.append((state.step, numbers, {M.DATA_WAIT_S: data_wait, **{M.lr_name(g): lr for g, lr in lrs.items()}}))
+        unread.append((state.step, numbers, {metric_names.DATA_WAIT_S: data_wait, **{metric_names.lr_name(g): lr for g, lr in lrs.items()}}))
         progress.update(1)
         last_step = state.step == tc.max_steps
-        validate_now = last_step or state.step % tc.validation_steps == 0 or state.step % tc.eval_interval == 0
+        validate_now = last_step or state.step % tc.validation_steps == 0 or state.step % tc.best_checkpoint_steps == 0
         save_now = last_step or state.step % tc.save_checkpoint_steps == 0
         evaluate_now = evaluate is not None and (last_step or (tc.eval_steps and state.step % tc.eval_steps == 0))
         if not (validate_now or evaluate_now or save_now or state.step % tc.log_interval == 0):
@@ -207,30 +207,30 @@ def train(model: Any, train_set: Any, val_set: Any, cfg: ExperimentConfig, track
                                 f"{run_dir / 'checkpoints'}. Lower the learning rates or raise warmup_ratio, then --resume.")
         elapsed = time.perf_counter() - window["start"]
         for (step, _, host), (loss, grad_norm, _) in zip(unread, values):
-            state.record(M.TRAIN_LOSS, step, loss)
+            state.record(metric_names.TRAIN_LOSS, step, loss)
             if dist.is_main:
-                tracker.log_metrics({M.TRAIN_LOSS: loss, M.GRAD_NORM: grad_norm, **host}, step)
-        step_metrics = {M.SAMPLES_PER_S: window["samples"] * dist.world_size / elapsed,
-                        M.TOKENS_PER_S: window["tokens"] * dist.world_size / elapsed,
-                        M.PADDING_FRACTION: 1 - window["tokens"] / max(1, window["slots"]),
-                        M.BLANK_IMAGE_FRACTION: 1 - window["images"] / max(1, window["image_slots"]),
-                        M.PEAK_MEMORY_MB: peak_memory_mb(device), M.DATA_SKIPPED: state.skipped}
+                tracker.log_metrics({metric_names.TRAIN_LOSS: loss, metric_names.GRAD_NORM: grad_norm, **host}, step)
+        step_metrics = {metric_names.SAMPLES_PER_S: window["samples"] * dist.world_size / elapsed,
+                        metric_names.TOKENS_PER_S: window["tokens"] * dist.world_size / elapsed,
+                        metric_names.PADDING_FRACTION: 1 - window["tokens"] / max(1, window["slots"]),
+                        metric_names.BLANK_IMAGE_FRACTION: 1 - window["images"] / max(1, window["image_slots"]),
+                        metric_names.PEAK_MEMORY_MB: peak_memory_mb(device), metric_names.DATA_SKIPPED: state.skipped}
         loss = values[-1][0]
         unread = []
         window.update({key: 0 for key in window} | {"start": time.perf_counter()})
 
         # Validation, benchmarks, best model, checkpoint: on their intervals and always on the last step.
-        keep_best_now = last_step or state.step % tc.eval_interval == 0
+        keep_best_now = last_step or state.step % tc.best_checkpoint_steps == 0
         if validate_now:
             set_train_mode(model, tc, False)
             val_loss = validate(step_model, val_batches(), device, autocast, dist)
-            step_metrics[M.VAL_LOSS] = val_loss
+            step_metrics[metric_names.VAL_LOSS] = val_loss
             if keep_best_now and val_loss < state.best_val_loss:
-                state.best_val_loss = step_metrics[M.BEST_VAL_LOSS] = val_loss
+                state.best_val_loss = step_metrics[metric_names.BEST_VAL_LOSS] = val_loss
         if evaluate_now:
             set_train_mode(model, tc, False)
             step_metrics.update(evaluate(state.step))
-        for name in (M.VAL_LOSS, *(k for k in step_metrics if k.startswith("eval/"))):
+        for name in (metric_names.VAL_LOSS, *(k for k in step_metrics if k.startswith("eval/"))):
             if name in step_metrics:
                 state.record(name, state.step, step_metrics[name])
         score = step_metrics.get(tc.best_metric)  # a benchmark score is worth keeping whenever it is measured
@@ -250,7 +250,7 @@ def train(model: Any, train_set: Any, val_set: Any, cfg: ExperimentConfig, track
                 save_training_checkpoint(run_dir, model, optimizer, state, keep=tc.keep_checkpoints)
             dist.barrier()
         progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lrs.get('projector', 0):.2e}",
-                             samples_s=f"{step_metrics[M.SAMPLES_PER_S]:.1f}")
+                             samples_s=f"{step_metrics[metric_names.SAMPLES_PER_S]:.1f}")
     progress.close()
     model.lm.set_attn_implementation(inference_attention)
     if math.isinf(state.best_val_loss):

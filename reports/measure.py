@@ -39,12 +39,12 @@ from typing import Any
 
 import torch
 
-from nanovlm import metrics as M
+from nanovlm import metrics as metric_names
 from nanovlm.config import ExperimentConfig, from_dict, override, to_dict
 from nanovlm.data.packing import model_inputs
 from nanovlm.optim import apply_freezing, build_optimizer, set_train_mode
 from nanovlm.provenance import device_description
-from reports import names as N
+from reports import names as report_names
 from reports.batches import DEFAULT_SAMPLE_LEN, synthetic_batch
 from reports.flops import model_flops, peak_tflops
 from reports.memory import PeakMemory
@@ -100,7 +100,7 @@ def measure(cfg: ExperimentConfig, batch_size: int = 1, seq_len: int = 128, step
     row, or seq_len // sample_len samples with `packed`), then clipping and the AdamW step.
     Throughput uses the median step time.
     """
-    from nanovlm import step as S  # looked up at call time: the step the training loop uses, whatever it is now
+    from nanovlm import step as training_step  # looked up at call time: the step the training loop uses, whatever it is now
     from nanovlm.model.vlm import build_vlm
 
     if steps < 1 or warmup < 0 or batch_size < 1 or grad_accum < 1 or sample_len < 1:
@@ -119,8 +119,8 @@ def measure(cfg: ExperimentConfig, batch_size: int = 1, seq_len: int = 128, step
     model.to(dev)
     apply_freezing(model, cfg.train)
     optimizer = build_optimizer(model, cfg.train)
-    step_model = S.prepare(model, cfg.train, dev)
-    autocast = S.autocast_for(dev)
+    step_model = training_step.prepare(model, cfg.train, dev)
+    autocast = training_step.autocast_for(dev)
     set_train_mode(model, cfg.train, True)
     inputs = model_inputs(batch, dev)
     micro_batches = [inputs] * grad_accum  # the same tensors each micro-step: shapes, not values, set the cost
@@ -132,7 +132,7 @@ def measure(cfg: ExperimentConfig, batch_size: int = 1, seq_len: int = 128, step
             _sync(dev)
             t0 = time.perf_counter()
             clock.mark("start")
-            out = S.train_step(step_model, model, optimizer, micro_batches, autocast, cfg.train.max_grad_norm)
+            out = training_step.train_step(step_model, model, optimizer, micro_batches, autocast, cfg.train.max_grad_norm)
             _sync(dev)
             step_times.append(time.perf_counter() - t0)
             fb, opt = clock.split()
@@ -148,33 +148,33 @@ def measure(cfg: ExperimentConfig, batch_size: int = 1, seq_len: int = 128, step
     micro = model_flops(model, cfg.train, stats["sample_lens"], stats["loss_tokens"], stats["images"])
     flops = micro.total * grad_accum
     metrics: dict[str, float] = {
-        M.SAMPLES_PER_S: samples / step_s,
-        M.TOKENS_PER_S: tokens / step_s,
-        N.STEP_PEAK_MEMORY_MB: peak.mb,
-        M.PADDING_FRACTION: 1 - stats["tokens"] / stats["slots"],
-        M.BLANK_IMAGE_FRACTION: 1 - stats["images"] / max(1, stats["image_slots"]),
-        N.SAMPLES_PER_ROW: stats["samples"] / batch_size,
-        N.IMAGE_TOKENS: float(arch.image_tokens),
-        N.VISION_TOKENS: float(arch.grid ** 2 + arch.prefix_tokens),
-        N.STEP_TIME_S: step_s,
-        N.FORWARD_BACKWARD_S: statistics.median(fb_times[timed]),
-        N.OPTIMIZER_S: statistics.median(opt_times[timed]),
-        N.MODEL_FLOPS_PER_STEP: float(flops),
-        N.ACHIEVED_TFLOPS: flops / step_s / 1e12,
+        metric_names.SAMPLES_PER_S: samples / step_s,
+        metric_names.TOKENS_PER_S: tokens / step_s,
+        report_names.STEP_PEAK_MEMORY_MB: peak.mb,
+        metric_names.PADDING_FRACTION: 1 - stats["tokens"] / stats["slots"],
+        metric_names.BLANK_IMAGE_FRACTION: 1 - stats["images"] / max(1, stats["image_slots"]),
+        report_names.SAMPLES_PER_ROW: stats["samples"] / batch_size,
+        report_names.IMAGE_TOKENS: float(arch.image_tokens),
+        report_names.VISION_TOKENS: float(arch.grid ** 2 + arch.prefix_tokens),
+        report_names.STEP_TIME_S: step_s,
+        report_names.FORWARD_BACKWARD_S: statistics.median(fb_times[timed]),
+        report_names.OPTIMIZER_S: statistics.median(opt_times[timed]),
+        report_names.MODEL_FLOPS_PER_STEP: float(flops),
+        report_names.ACHIEVED_TFLOPS: flops / step_s / 1e12,
     }
     description = device_description(dev)
     tags = {"vision_encoder": arch.vision_source, "language_model": arch.language_source, "device": description,
-            N.PEAK_MEMORY_MEASURE_TAG: peak.measure, "dtype": "bf16 autocast" if dev.type == "cuda" else "fp32",
+            report_names.PEAK_MEMORY_MEASURE_TAG: peak.measure, "dtype": "bf16 autocast" if dev.type == "cuda" else "fp32",
             "torch_threads": str(torch.get_num_threads()), "final_loss": f"{last_loss:.4f}",
-            "compiled": str(S.compile_enabled(cfg.train, dev)).lower()}
+            "compiled": str(training_step.compile_enabled(cfg.train, dev)).lower()}
     if skipped:
         tags["skipped_steps"] = f"{skipped} of {warmup + steps} steps had a non-finite loss or gradient norm"
     peak_tf = peak_tflops_override or (peak_tflops(description) if dev.type == "cuda" else None)
     if peak_tf:
-        metrics[N.MFU] = flops / step_s / (peak_tf * 1e12)
+        metrics[report_names.MFU] = flops / step_s / (peak_tf * 1e12)
         tags["peak_tflops"] = str(peak_tf)
     else:
-        tags[N.MFU_NOTE_TAG] = (f"peak FLOPS of {description} unknown (pass --peak_tflops)" if dev.type == "cuda"
+        tags[report_names.MFU_NOTE_TAG] = (f"peak FLOPS of {description} unknown (pass --peak_tflops)" if dev.type == "cuda"
                                 else "MFU is measured on CUDA only (pass --peak_tflops to compute it on CPU)")
     return Measurement(metrics, tags)
 

@@ -1,8 +1,8 @@
 """Names that profiles log and the size table reads, defined once (the training loop's own names
 stay in `nanovlm.metrics`; these are the ones only `reports` uses).
 
-    from reports import names as N
-    tracker.log_metrics({N.IMAGE_TOKENS: 49, N.MFU: 0.31}, step=0)
+    from reports import names as report_names
+    tracker.log_metrics({report_names.IMAGE_TOKENS: 49, report_names.MFU: 0.31}, step=0)
 
 A profile logs the same `params/*`, `train/samples_per_s`, `train/tokens_per_s`,
 `train/padding_fraction` and `train/blank_image_fraction` as a training run (the same quantities,
@@ -13,7 +13,7 @@ CPU, CUDA max allocated since the start), a profile's `profile/step_peak_memory_
 the profiled steps alone (VmHWM / CUDA peak reset just before them).
 """
 
-from nanovlm import metrics as M
+from nanovlm import metrics as metric_names
 
 EXPERIMENT = "profile"  # MLflow experiment of profile runs
 TRAINING_EXPERIMENT = "nanovlm"  # experiments.run's default experiment (ExperimentConfig.experiment)
@@ -21,8 +21,8 @@ TRAINING_EXPERIMENT = "nanovlm"  # experiments.run's default experiment (Experim
 # (evals.mlflow_log.EXPERIMENT; reports does not import evals, a test checks the two agree).
 EVAL_EXPERIMENT = "nanovlm-evals"
 
-# Metrics of a profile run (besides M.PARAMS_PREFIX + part, M.SAMPLES_PER_S, M.TOKENS_PER_S, M.PADDING_FRACTION,
-# M.BLANK_IMAGE_FRACTION).
+# Metrics of a profile run (besides metric_names.PARAMS_PREFIX + part, metric_names.SAMPLES_PER_S, metric_names.TOKENS_PER_S, metric_names.PADDING_FRACTION,
+# metric_names.BLANK_IMAGE_FRACTION).
 # Peak memory over the profiled steps only (PEAK_MEMORY_MEASURE_TAG says how it was measured).
 STEP_PEAK_MEMORY_MB = "profile/step_peak_memory_mb"
 SAMPLES_PER_ROW = "profile/samples_per_row"  # 1 unpacked; seq_len // sample_len packed
@@ -43,7 +43,7 @@ PARAM_PARTS = ("vision", "projector", "language", "total", "trainable")
 
 
 def param_metric(part: str) -> str:
-    return f"{M.PARAMS_PREFIX}{part}"
+    return f"{metric_names.PARAMS_PREFIX}{part}"
 
 
 # Tags of a profile run (besides preset, vision_encoder, language_model, device, git_sha and versions).

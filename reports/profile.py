@@ -42,26 +42,16 @@ from pathlib import Path
 from typing import Any
 
 from experiments.presets import PRESETS, get_preset
-from nanovlm import metrics as M
-from nanovlm.config import ConfigError, ExperimentConfig, flatten, override
+from nanovlm import metrics as metric_names
+from nanovlm.config import ConfigError, ExperimentConfig, flatten, override, parse_assignments
 from nanovlm.provenance import device_description, git_sha, library_versions
-from reports import names as N
+from reports import names as report_names
 
 # The five rows of the source document's "Model Size Comparison" table, in its order.
 DEFAULT_ROWS = ("original_small", "default", "dinov3_gemma", "dinov3b_smollm", "dinov3l_gemma")
 DEFAULT_SAMPLE_LEN = 256  # reports.batches.DEFAULT_SAMPLE_LEN (not imported here: it would load torch)
 RUN_KIND_TAG = "run_kind"  # "profile" on every profile run, whatever experiment it is in
 PROFILE_KIND = "profile"
-
-
-def parse_sets(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item!r}: expected section.field=value")
-        out[key.strip()] = value.strip()
-    return out
 
 
 def resolve_rows(presets: str, sets: dict[str, str]) -> list[tuple[str, ExperimentConfig]]:
@@ -146,19 +136,19 @@ def profile_row(name: str, cfg: ExperimentConfig, a: argparse.Namespace, common_
     tracker = MLflowTracker.start(a.experiment, run_name, tags=tags, tracking_uri=a.tracking_uri, system_metrics=False)
     with tracker:
         tracker.log_params(params)
-        tracker.log_metrics({N.param_metric(k): float(v) for k, v in counts.items()}, step=0)
+        tracker.log_metrics({report_names.param_metric(k): float(v) for k, v in counts.items()}, step=0)
         result, error = (run or (_in_process if a.in_process else _run_worker))(cfg, a)
         wall = time.perf_counter() - started
         if result is None:
-            tracker.set_tags({N.ERROR_TAG: error})
-            tracker.log_metrics({N.WALL_S: wall}, step=0)
+            tracker.set_tags({report_names.ERROR_TAG: error})
+            tracker.log_metrics({report_names.WALL_S: wall}, step=0)
             tracker.finish("FAILED")
             return {"preset": name, "run_id": tracker.run_id, "status": "FAILED", "metrics": {}, "error": error,
                     "wall_s": wall}
         tracker.set_tags(result["tags"])
-        tracker.log_metrics({**result["metrics"], N.WALL_S: wall}, step=0)
+        tracker.log_metrics({**result["metrics"], report_names.WALL_S: wall}, step=0)
     return {"preset": name, "run_id": tracker.run_id, "status": "FINISHED", "metrics": {**result["metrics"], **{
-        N.param_metric(k): float(v) for k, v in counts.items()}}, "error": "", "wall_s": wall}
+        report_names.param_metric(k): float(v) for k, v in counts.items()}}, "error": "", "wall_s": wall}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -187,7 +177,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a config field of every row, e.g. train.freeze_vision_encoder=true")
     p.add_argument("--tracking_uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
-    p.add_argument("--experiment", default=N.EXPERIMENT, help="MLflow experiment of the profile runs")
+    p.add_argument("--experiment", default=report_names.EXPERIMENT, help="MLflow experiment of the profile runs")
     p.add_argument("--timeout_s", type=float, default=1800, help="give up on a row after this long (0 = never)")
     p.add_argument("--in_process", action="store_true",
                    help="measure in this process (faster to start; CPU peak memory then includes earlier rows)")
@@ -223,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     from nanovlm.tracking import default_tracking_uri, mark_orphans_killed
 
     try:
-        rows = resolve_rows(a.presets, parse_sets(a.set))
+        rows = resolve_rows(a.presets, parse_assignments(a.set))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -242,9 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         row = profile_row(name, cfg, a, common)
         m = row["metrics"]
         if row["status"] == "FINISHED":
-            mfu = f"MFU {100 * m[N.MFU]:5.1f}%" if N.MFU in m else "MFU    -  "
-            print(f"  {name:<16} {m[N.param_metric('total')] / 1e6:8.2f}M params  {m[M.TOKENS_PER_S]:10.4g} tokens/s  "
-                  f"{m[M.SAMPLES_PER_S]:9.4g} samples/s  {mfu}  step peak {m[N.STEP_PEAK_MEMORY_MB] / 1024:6.2f} GiB  "
+            mfu = f"MFU {100 * m[report_names.MFU]:5.1f}%" if report_names.MFU in m else "MFU    -  "
+            print(f"  {name:<16} {m[report_names.param_metric('total')] / 1e6:8.2f}M params  {m[metric_names.TOKENS_PER_S]:10.4g} tokens/s  "
+                  f"{m[metric_names.SAMPLES_PER_S]:9.4g} samples/s  {mfu}  step peak {m[report_names.STEP_PEAK_MEMORY_MB] / 1024:6.2f} GiB  "
                   f"({row['wall_s']:.0f} s)  run {row['run_id']}", flush=True)
         else:
             failed += 1

@@ -24,12 +24,12 @@ from typing import Any
 
 import pandas as pd
 
-from nanovlm import metrics as M
-from reports import names as N
+from nanovlm import metrics as metric_names
+from reports import names as report_names
 from reports.profile import DEFAULT_ROWS, PROFILE_KIND, RUN_KIND_TAG
 from reports.runs import run_value
 
-MMSTAR = M.eval_name("mmstar", "average")
+MMSTAR = metric_names.eval_name("mmstar", "average")
 STDERR, STDERR_CLT = "_stderr", "_stderr_clt"  # suffixes of a score's standard errors (evals/mlflow_log.py)
 DEFAULT_EVALS = ("eval/*",)
 # `failed` is a count of items without a usable answer, not a score; standard errors go beside their scores.
@@ -58,7 +58,7 @@ class Row:
         run = self.source
         return {"tags.vision_encoder": run_value(run, "tags.vision_encoder"),
                 "tags.language_model": run_value(run, "tags.language_model"),
-                "metrics.params/total": run_value(run, "metrics." + N.param_metric("total"))}
+                "metrics.params/total": run_value(run, "metrics." + report_names.param_metric("total"))}
 
 
 def _same_architecture(row: Row, run: pd.Series) -> bool:

@@ -18,13 +18,13 @@ import sys
 import time
 from pathlib import Path
 
-from reports import names as N
+from reports import names as report_names
 from reports.plots import plot_params_vs_mmstar, plot_throughput
 from reports.rows import DEFAULT_EVAL_EXCLUDE, DEFAULT_EVALS
 from reports.runs import load_runs
 from reports.table import Table, build_table
 
-DEFAULT_EXPERIMENTS = (N.EXPERIMENT, N.TRAINING_EXPERIMENT, N.EVAL_EXPERIMENT)
+DEFAULT_EXPERIMENTS = (report_names.EXPERIMENT, report_names.TRAINING_EXPERIMENT, report_names.EVAL_EXPERIMENT)
 
 
 def write_outputs(table: Table, out: Path) -> dict[str, Path]:

@@ -22,8 +22,8 @@ from typing import Any
 
 import pandas as pd
 
-from nanovlm import metrics as M
-from reports import names as N
+from nanovlm import metrics as metric_names
+from reports import names as report_names
 from reports.rows import DEFAULT_EVAL_EXCLUDE, DEFAULT_EVALS, MMSTAR, STDERR, STDERR_CLT, Row, collect_rows
 from reports.runs import run_value
 
@@ -136,7 +136,7 @@ def _why_unmeasured(row: Row, rows: list[Row]) -> str | None:
     if row.profile is not None:
         return None
     if row.failed is not None:
-        error = run_value(row.failed, "tags." + N.ERROR_TAG) or "no error recorded"
+        error = run_value(row.failed, "tags." + report_names.ERROR_TAG) or "no error recorded"
         return f"The profile of `{row.preset}` on {row.device or 'this device'} failed (run {_short(row.failed['run_id'])}): {error}"
     if any(other.preset == row.preset and other.profile is not None for other in rows):
         why = (f"Not profiled: this architecture differs from the profiled `{row.preset}` (other backbones or "
@@ -144,7 +144,7 @@ def _why_unmeasured(row: Row, rows: list[Row]) -> str | None:
     else:
         why = (f"Not profiled: no finished profile run of `{row.preset}` in the experiments read "
                f"(`python -m reports.profile --presets {row.preset}`).")
-    if run_value(row.params_run, "metrics." + N.param_metric("total")) is not None:
+    if run_value(row.params_run, "metrics." + report_names.param_metric("total")) is not None:
         why += f" Parameter counts from run {_short(row.params_run['run_id'])}."
     return why
 
@@ -168,7 +168,7 @@ def _format_row(row: Row, rows: list[Row], eval_metrics: list[str], notes: Footn
     record: dict[str, Any] = {c: None for c in BASE_COLUMNS}
     record.update(preset=row.preset, vision_encoder=run_value(run, "tags.vision_encoder"),
                   language_model=run_value(run, "tags.language_model"))
-    record.update({f"{part}_params": metric(N.param_metric(part)) for part in N.PARAM_PARTS})
+    record.update({f"{part}_params": metric(report_names.param_metric(part)) for part in report_names.PARAM_PARTS})
     if row.profile is not None or row.failed is not None:
         record["batch_size"] = run_value(run, "params.profile.batch_size")
         record["seq_len"] = run_value(run, "params.profile.seq_len")
@@ -176,12 +176,12 @@ def _format_row(row: Row, rows: list[Row], eval_metrics: list[str], notes: Footn
         record["sample_len"] = run_value(run, "params.profile.sample_len") or record["seq_len"]
     if profiled:
         # The peak of the profiled steps; older profiles logged that figure as train/peak_memory_mb.
-        step_peak = metric(N.STEP_PEAK_MEMORY_MB)
-        record.update(peak_memory_measure=run_value(run, "tags." + N.PEAK_MEMORY_MEASURE_TAG),
-                      step_peak_memory_mb=step_peak if step_peak is not None else metric(M.PEAK_MEMORY_MB),
-                      samples_per_s=metric(M.SAMPLES_PER_S),
-                      tokens_per_s=metric(M.TOKENS_PER_S), mfu=metric(N.MFU))
-    record["image_tokens"] = metric(N.IMAGE_TOKENS)
+        step_peak = metric(report_names.STEP_PEAK_MEMORY_MB)
+        record.update(peak_memory_measure=run_value(run, "tags." + report_names.PEAK_MEMORY_MEASURE_TAG),
+                      step_peak_memory_mb=step_peak if step_peak is not None else metric(metric_names.PEAK_MEMORY_MB),
+                      samples_per_s=metric(metric_names.SAMPLES_PER_S),
+                      tokens_per_s=metric(metric_names.TOKENS_PER_S), mfu=metric(report_names.MFU))
+    record["image_tokens"] = metric(report_names.IMAGE_TOKENS)
     uncounted = "Parameter count not recorded."
 
     cells = [f"`{row.preset}`"]
@@ -197,7 +197,7 @@ def _format_row(row: Row, rows: list[Row], eval_metrics: list[str], notes: Footn
 
     memory = record["step_peak_memory_mb"]
     if memory is not None:
-        measure = N.PEAK_MEMORY_MEASURES.get(record["peak_memory_measure"] or "", "measure not recorded.")
+        measure = report_names.PEAK_MEMORY_MEASURES.get(record["peak_memory_measure"] or "", "measure not recorded.")
         if record["packed"]:
             batch = f" ({record['batch_size']} x {record['seq_len']}-token packed rows)"
         else:
@@ -213,7 +213,7 @@ def _format_row(row: Row, rows: list[Row], eval_metrics: list[str], notes: Footn
         mfu_note = note(f"MFU against a peak of {peak} TFLOPS; {formula}")
         cells.append(f"{significant(100 * record['mfu'], 2)}% {mfu_note}")
     else:
-        why = (run_value(run, "tags." + N.MFU_NOTE_TAG) or "MFU not recorded.") if profiled else None
+        why = (run_value(run, "tags." + report_names.MFU_NOTE_TAG) or "MFU not recorded.") if profiled else None
         cells.append(cell(None, "", why))
 
     for name in eval_metrics:
@@ -269,7 +269,7 @@ def build_table(frame: pd.DataFrame, source_note: str = "", include: tuple[str, 
     parts += lines + ["", notes.render(), ""]
     score_columns = [c for m in eval_metrics for c in [m, m + STDERR] + ([m + STDERR_CLT] if m == MMSTAR else [])]
     csv = pd.DataFrame.from_records(records, columns=BASE_COLUMNS + score_columns + TAIL_COLUMNS)
-    counts = [f"{part}_params" for part in N.PARAM_PARTS] + ["image_tokens", "batch_size", "seq_len", "sample_len"]
+    counts = [f"{part}_params" for part in report_names.PARAM_PARTS] + ["image_tokens", "batch_size", "seq_len", "sample_len"]
     for column in counts:
         csv[column] = pd.to_numeric(csv[column]).round().astype("Int64")  # counts: integers, empty when missing
     return Table("\n".join(parts), csv, rows, eval_metrics)

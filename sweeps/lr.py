@@ -1,21 +1,21 @@
 """Sweep learning rates and freezing with Optuna; every trial is an MLflow run nested under the sweep's run.
 
     python -m sweeps.lr --preset tiny --n_trials 4 --max_steps 8 --validation_steps 2   # minutes on CPU
-    python -m sweeps.lr --preset dinov3_gemma --n_trials 30 --separate_lrs --space lr_mp=1e-4:1e-2
+    python -m sweeps.lr --preset dinov3_gemma --n_trials 30 --separate_lrs --space lr_projector=1e-4:1e-2
     python -m sweeps.lr --preset tiny --metric eval/synthetic/overall        # maximise accuracy (no pruning)
     python -m sweeps.lr --preset tiny --freeze_vision_encoder                # a runner flag fixes a searched value
     python -m sweeps.lr --preset tiny --study_name s1 --storage postgresql://user@db:5432/optuna  # one worker of many
     python -m sweeps.lr --preset tiny --n_trials 4 --dry_run                 # the resolved plan; no store, no trial
     python -m sweeps.lr --preset tiny --n_trials 4 --register nanovlm-tiny   # best trial -> MLflow Model Registry
 
-Search space (`--space NAME=SPEC`, repeatable; see sweeps/space.py): lr_mp log-uniform 1e-4..1e-1,
+Search space (`--space NAME=SPEC`, repeatable; see sweeps/space.py): lr_projector log-uniform 1e-4..1e-1,
 lr_backbones log-uniform 1e-6..1e-3, freeze_vision_encoder true/false; `--separate_lrs` searches
 lr_vision and lr_language instead of lr_backbones. SPEC is LOW:HIGH, A,B,..., VALUE or off.
 
 --n_trials is the study's total of finished trials, shared by all workers: rerunning the same
 command resumes the sweep (the default study name is derived from the preset and runner flags).
 Every runner flag works (--max_steps, --batch_size, --set section.field=value, ...).
-Design notes: sweeps/study.py.
+Design notes: sweeps/study.py and the modules it lists.
 """
 
 from __future__ import annotations
@@ -27,12 +27,14 @@ from typing import Any, Sequence
 
 from experiments.cli import add_config_flags, config_from_args, parse
 from experiments.presets import PRESETS
-from nanovlm import metrics as M
+from nanovlm import metrics as metric_names
 from nanovlm.backbones import BackboneUnavailable
-from nanovlm.config import ConfigError, field_index
-from sweeps import space as S
+from nanovlm.config import ConfigError, field_index, parse_assignments
+from sweeps import space as search_space
 from sweeps.storage import StorageError
-from sweeps.study import PRUNERS, SAMPLERS, SweepError, SweepSettings, run_sweep, user_error_message
+from sweeps.objective import user_error_message
+from sweeps.settings import PRUNERS, SAMPLERS, SweepError, SweepSettings
+from sweeps.study import run_sweep
 
 log = logging.getLogger("sweeps")
 
@@ -51,17 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "postgresql://user:pw@host:5432/optuna); default: optuna.db beside MLflow's sqlite store")
     g.add_argument("--tracking_uri", "--tracking-uri", default="",
                    help="MLflow store; default $MLFLOW_TRACKING_URI or sqlite:///<cwd or $NANOVLM_HOME>/mlflow.db")
-    g.add_argument("--metric", default=M.VAL_LOSS, help="what to optimise: val/loss, val/best_loss, train/loss, "
+    g.add_argument("--metric", default=metric_names.VAL_LOSS, help="what to optimise: val/loss, val/best_loss, train/loss, "
                    "eval/synthetic/<type> ... (checked before any trial)")
     g.add_argument("--direction", choices=("minimize", "maximize"), default="",
                    help="default: minimize for losses, maximize for eval/ accuracies")
     g.add_argument("--space", action="append", default=[], metavar="NAME=SPEC",
                    help=f"search-space change: NAME=LOW:HIGH, NAME=A,B, NAME=VALUE or NAME=off; NAME is one of "
-                        f"{', '.join(S.SEARCHABLE)}")
+                        f"{', '.join(search_space.SEARCHABLE)}")
     g.add_argument("--separate_lrs", "--separate-lrs", action="store_true",
                    help="search lr_vision and lr_language (each 1e-6..1e-3) instead of lr_backbones")
     g.add_argument("--enqueue", action="append", default=[], metavar="NAME=V,NAME=V",
-                   help="a trial to run first, e.g. lr_mp=0.01,lr_backbones=1e-4,freeze_vision_encoder=false "
+                   help="a trial to run first, e.g. lr_projector=0.01,lr_backbones=1e-4,freeze_vision_encoder=false "
                         "(repeatable; a new study only)")
     g.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="TPE (default), random, or grid")
     g.add_argument("--sampler_seed", "--sampler-seed", type=int, default=0,
@@ -93,7 +95,7 @@ def _set_by_flags(args: argparse.Namespace) -> set[str]:
     """Short names of the config fields the command line sets (flags and --set)."""
     index = field_index()
     dotted = {k.split(":", 1)[1] for k in vars(args) if k.startswith("cfg:")}
-    dotted |= {index.get(item.split("=", 1)[0].strip(), "") for item in args.set}
+    dotted |= {index.get(key, "") for key in parse_assignments(args.set)}
     return {d.split(".")[-1] for d in dotted if d}
 
 
@@ -101,15 +103,15 @@ def settings_from_args(args: argparse.Namespace) -> SweepSettings:
     base = config_from_args(args, args.preset)
     if base.run_name:
         raise SweepError("--run_name: each trial is named <study>-trial-NNNN; name the sweep with --study_name")
-    space, fixed = S.apply_specs(S.default_space(args.separate_lrs), args.space)
-    explicit = {S.parse_spec(spec)[0] for spec in args.space}
-    for name in sorted(_set_by_flags(args) & set(S.SEARCHABLE)):
+    space, fixed = search_space.apply_specs(search_space.default_space(args.separate_lrs), args.space)
+    explicit = {search_space.parse_spec(spec)[0] for spec in args.space}
+    for name in sorted(_set_by_flags(args) & set(search_space.SEARCHABLE)):
         if name in explicit:
             raise SweepError(f"{name} is given both by --space and by --{name}/--set: keep one")
         if name in space:  # a runner flag for a searched parameter fixes it
             log.info("%s fixed at %s by the command line: not searched", name, getattr(base.train, name))
             del space[name]
-    enqueue = [S.parse_params(text) for text in args.enqueue]
+    enqueue = [search_space.parse_params(text) for text in args.enqueue]
     return SweepSettings(
         base=base, space=space, fixed=fixed, n_trials=args.n_trials, timeout=args.timeout, study_name=args.study_name,
         storage=args.storage, tracking_uri=args.tracking_uri, metric=args.metric, direction=args.direction,
@@ -137,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _print_plan(settings)
             return 0
         run_sweep(settings)
-    except (SweepError, S.SpaceError, StorageError, ConfigError, BackboneUnavailable) as err:
+    except (SweepError, search_space.SpaceError, StorageError, ConfigError, BackboneUnavailable) as err:
         if args.debug:
             raise
         print(f"error: {err}", file=sys.stderr)

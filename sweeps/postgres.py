@@ -75,10 +75,6 @@ class Server:
                               timeout=60)
         return done.stdout.strip()
 
-    def log_tail(self, chars: int = 3000) -> str:
-        path = self.root / "server.log"
-        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
-
 
 def _as_owner() -> list[str]:
     """Root runs the tools as the `postgres` user (PostgreSQL will not run as root); others as themselves."""

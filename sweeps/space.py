@@ -1,9 +1,9 @@
 """The search space of `python -m sweeps.lr`: which training settings a trial samples, and how.
 
-    space = default_space()                                    # lr_mp, lr_backbones, freeze_vision_encoder
+    space = default_space()                                    # lr_projector, lr_backbones, freeze_vision_encoder
     space = default_space(separate_lrs=True)                   # lr_vision and lr_language instead of lr_backbones
-    space, fixed = apply_specs(space, ["lr_mp=1e-3:1e-1", "freeze_vision_encoder=false", "lr_vision=off"])
-    params = suggest(trial, space)                             # {"lr_mp": 0.0123, ...}: override(cfg, params)
+    space, fixed = apply_specs(space, ["lr_projector=1e-3:1e-1", "freeze_vision_encoder=false", "lr_vision=off"])
+    params = suggest(trial, space)                             # {"lr_projector": 0.0123, ...}: override(cfg, params)
 
 A spec is `NAME=SPEC` (the `--space` flag, repeatable):
 
@@ -12,26 +12,29 @@ A spec is `NAME=SPEC` (the `--space` flag, repeatable):
     NAME=VALUE         fixed for every trial, not searched
     NAME=off           not searched: the preset's (or the command line's) value applies
 
-Only the names in SEARCHABLE can be searched; everything else is a runner flag. Every mistake
-(unknown name, empty or inverted range, a range for a true/false setting) is a SpaceError raised
-while parsing, before any trial starts.
+Only the names in SEARCHABLE can be searched (their old names too, e.g. lr_mp; see
+nanovlm.config.ALIASES); everything else is a runner flag. Every mistake (unknown name, empty or
+inverted range, a range for a true/false setting) is a SpaceError, a ConfigError like a malformed
+NAME=VALUE or true/false, raised while parsing, before any trial starts.
 """
 
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Union
 
+from nanovlm.config import ConfigError, canonical, parse_assignments, parse_bool
+from nanovlm.config import suggest as did_you_mean
 
-class SpaceError(ValueError):
+
+class SpaceError(ConfigError):
     """A bad search-space spec; the message says how to write a good one."""
 
 
 # name -> type of the config field (all in TrainConfig; config.override accepts the short names).
 SEARCHABLE: dict[str, type] = {
-    "lr_mp": float,
+    "lr_projector": float,
     "lr_backbones": float,
     "lr_vision": float,
     "lr_language": float,
@@ -85,7 +88,7 @@ Space = dict[str, Dimension]
 
 def default_space(separate_lrs: bool = False) -> Space:
     """The issue's space: projector and backbone rates, and whether the vision encoder is frozen."""
-    space: Space = {"lr_mp": LogRange(1e-4, 1e-1)}
+    space: Space = {"lr_projector": LogRange(1e-4, 1e-1)}
     if separate_lrs:  # each backbone its own rate; lr_backbones would then be unused
         space["lr_vision"] = LogRange(1e-6, 1e-3)
         space["lr_language"] = LogRange(1e-6, 1e-3)
@@ -99,24 +102,21 @@ def show(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def check_name(name: str) -> None:
+def check_name(name: str) -> str:
+    """The searchable parameter's current name (`lr_mp` -> `lr_projector`); else a SpaceError."""
+    typed, name = name, canonical(name.strip().replace("-", "_"))
     if name not in SEARCHABLE:
-        close = difflib.get_close_matches(name, SEARCHABLE, n=2, cutoff=0.6)
-        hint = f" Did you mean {' or '.join(close)}?" if close else ""
-        raise SpaceError(f"unknown search parameter {name!r}.{hint} Searchable: {', '.join(SEARCHABLE)} "
-                         f"(set anything else with the runner's flags, e.g. --batch_size 8)")
+        hint = did_you_mean(name, SEARCHABLE, n=2)
+        raise SpaceError(f"unknown search parameter {typed!r}.{' ' + hint if hint else ''} Searchable: "
+                         f"{', '.join(SEARCHABLE)} (set anything else with the runner's flags, e.g. --batch_size 8)")
+    return name
 
 
 def parse_value(name: str, text: str) -> Any:
     """One value of parameter `name`, from the command line."""
     text = text.strip()
     if SEARCHABLE[name] is bool:
-        lowered = text.lower()
-        if lowered in ("true", "1", "yes", "on"):
-            return True
-        if lowered in ("false", "0", "no", "off"):
-            return False
-        raise SpaceError(f"{name}: expected true or false, got {text!r}")
+        return parse_bool(text, name)
     try:
         value = float(text)
     except ValueError:
@@ -128,11 +128,8 @@ def parse_value(name: str, text: str) -> Any:
 
 def parse_spec(spec: str) -> tuple[str, Dimension | None, Any]:
     """`NAME=SPEC` -> (name, dimension or None, fixed value or None). See the module docstring."""
-    if "=" not in spec:
-        raise SpaceError(f"--space expects NAME=LOW:HIGH, NAME=A,B, NAME=VALUE or NAME=off; got {spec!r}")
-    name, _, body = spec.partition("=")
-    name, body = name.strip().replace("-", "_"), body.strip()
-    check_name(name)
+    ((name, body),) = parse_assignments([spec], "--space", "NAME=LOW:HIGH, NAME=A,B, NAME=VALUE or NAME=off").items()
+    name = check_name(name)
     if not body:
         raise SpaceError(f"--space {spec!r}: nothing after '='")
     if body.lower() == "off":
@@ -194,7 +191,7 @@ def check_params(space: Space, params: dict[str, Any], what: str) -> dict[str, A
     """Parse and check a set of parameter values (an enqueued trial) against the space."""
     out = {}
     for name, value in params.items():
-        check_name(name)
+        name = check_name(name)
         if name not in space:
             raise SpaceError(f"{what}: {name} is not searched in this sweep (searched: {', '.join(space)})")
         value = parse_value(name, value) if isinstance(value, str) else value
@@ -208,14 +205,8 @@ def check_params(space: Space, params: dict[str, Any], what: str) -> dict[str, A
 
 
 def parse_params(text: str) -> dict[str, str]:
-    """`lr_mp=0.01,lr_backbones=1e-4` -> {"lr_mp": "0.01", ...} (values parsed by check_params)."""
-    out = {}
-    for item in text.split(","):
-        if "=" not in item:
-            raise SpaceError(f"--enqueue expects NAME=VALUE,NAME=VALUE,...; got {text!r}")
-        name, _, value = item.partition("=")
-        out[name.strip().replace("-", "_")] = value.strip()
-    return out
+    """`lr_projector=0.01,lr_backbones=1e-4` -> {"lr_projector": "0.01", ...} (values parsed by check_params)."""
+    return parse_assignments(text.split(","), "--enqueue", f"NAME=VALUE,NAME=VALUE,... (in {text!r})")
 
 
 def suggest(trial: Any, space: Space) -> dict[str, Any]:

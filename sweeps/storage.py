@@ -10,8 +10,8 @@ Why each step exists (pitfalls seen with Optuna 5 and MLflow 3):
   stores: the default study file is `optuna.db` beside MLflow's `mlflow.db`, and on a PostgreSQL
   server they are two databases.
 - Several processes creating a new sqlite store at once can crash in the schema migration, so the
-  first process creates the schema while holding a lock (a file lock beside a sqlite file, an
-  advisory lock on PostgreSQL) and the others wait for it.
+  first process creates the schema while holding a lock (a file lock beside a sqlite file, as
+  `nanovlm.tracking.store` does for MLflow's, an advisory lock on PostgreSQL) and the others wait for it.
 - Heartbeats, which let a live worker fail and retry the trial of a worker killed with SIGKILL,
   exist only in RDB storages: only sqlite / PostgreSQL / MySQL URLs are accepted.
 - SQLAlchemy's plain `postgresql://` means psycopg2; this project installs psycopg (version 3),
@@ -23,12 +23,12 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
-import os
 import time
 import warnings
 import zlib
-from pathlib import Path
 from typing import Any, Iterator
+
+from nanovlm.tracking.store import nanovlm_home, pinned_uri, prepare_sqlite_store, sqlite_creation_lock, sqlite_path
 
 log = logging.getLogger("sweeps.storage")
 
@@ -39,20 +39,13 @@ class StorageError(ValueError):
     """A storage URL that cannot work; the message says what to use instead."""
 
 
-def _sqlite_file(url: str) -> Path | None:
-    if not url.startswith("sqlite:///"):
-        return None
-    path = url[len("sqlite:///"):].split("?", 1)[0]
-    return None if path in ("", ":memory:") else Path(path)
-
-
 def default_storage(mlflow_uri: str) -> str:
     """`optuna.db` beside MLflow's sqlite file; else in $NANOVLM_HOME or the current directory."""
-    mlflow_db = _sqlite_file(mlflow_uri)
+    mlflow_db = sqlite_path(mlflow_uri)
     if mlflow_db is not None:
         folder = mlflow_db.resolve().parent
     else:
-        folder = Path(os.environ.get("NANOVLM_HOME") or os.getcwd()).expanduser().resolve()
+        folder = nanovlm_home()
     return f"sqlite:///{(folder / 'optuna.db').as_posix()}"
 
 
@@ -73,13 +66,10 @@ def normalise_url(url: str) -> str:
         raise StorageError(f"--storage {redact(url)!r}: only relational databases (sqlite, postgresql, mysql) are "
                            f"supported: heartbeats, which retry the trials of killed workers, need one")
     if backend == "sqlite":
-        path = _sqlite_file(url)
-        if path is None:
+        if sqlite_path(url) is None:
             raise StorageError(f"--storage {redact(url)!r}: an in-memory database cannot be shared or resumed; "
                                f"give a file")
-        if not path.is_absolute():  # relative to the cwd means another file from another directory
-            url = f"sqlite:///{path.resolve().as_posix()}" + (url.partition("?")[1] + url.partition("?")[2])
-        return url
+        return pinned_uri(url)  # relative to the cwd would mean another file from another directory
     if backend == "postgresql":
         driver = parsed.get_driver_name()
         has_v3, has_v2 = (importlib.util.find_spec(m) is not None for m in ("psycopg", "psycopg2"))
@@ -113,7 +103,7 @@ def redact(url: str) -> str:
 
 def _database_identity(url: str) -> tuple | None:
     """What makes two URLs the same database: the sqlite file, or (backend, host, port, database)."""
-    path = _sqlite_file(url)
+    path = sqlite_path(url)
     if path is not None:
         return ("sqlite", str(path.resolve()))
     if url.startswith(("http://", "https://", "file:", "databricks")) or "://" not in url:
@@ -140,17 +130,10 @@ def check_separate(storage_url: str, mlflow_uri: str) -> None:
 @contextlib.contextmanager
 def creation_lock(url: str, timeout_s: float = 600) -> Iterator[None]:
     """Held while a store's schema is created: one creator, the others wait and then find it made."""
-    path = _sqlite_file(url)
+    path = sqlite_path(url)
     if path is not None:
-        import fcntl
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path.with_name(path.name + ".lock"), "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with sqlite_creation_lock(path):
+            yield
         return
     if url.startswith("postgresql"):
         import sqlalchemy
@@ -169,7 +152,8 @@ def creation_lock(url: str, timeout_s: float = 600) -> Iterator[None]:
 
 
 def prepare_stores(storage_url: str, mlflow_uri: str) -> None:
-    """Create the Optuna schema, and MLflow's when it is a sqlite file, once, under a lock each."""
+    """Create the Optuna schema, and MLflow's when it is a sqlite file, once, under a lock each (an MLflow
+    server creates its own schema once, at start)."""
     import optuna
 
     started = time.monotonic()
@@ -177,12 +161,7 @@ def prepare_stores(storage_url: str, mlflow_uri: str) -> None:
         storage = optuna.storages.RDBStorage(storage_url, engine_kwargs=_engine_kwargs(storage_url))
         storage.remove_session()
         storage.engine.dispose()
-    mlflow_db = _sqlite_file(mlflow_uri)
-    if mlflow_db is not None:  # an MLflow server creates its own schema once, at start
-        from mlflow import MlflowClient
-
-        with creation_lock(mlflow_uri):
-            MlflowClient(tracking_uri=mlflow_uri).search_experiments(max_results=1)
+    prepare_sqlite_store(mlflow_uri)
     log.debug("stores ready in %.1f s", time.monotonic() - started)
 
 

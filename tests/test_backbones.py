@@ -48,7 +48,7 @@ def test_preset_geometry(preset, tokens, prefix):
 
 
 def test_registry_names_resolve_to_hub_ids():
-    cfg = ModelConfig(vision_encoder="dinov3", dinov3_model="vitb16", language_model="gemma")
+    cfg = ModelConfig(vision_encoder="dinov3", dinov3_size="vitb16", language_model="gemma")
     assert backbones.resolve_vision(cfg) == "facebook/dinov3-vitb16-pretrain-lvd1689m"
     assert backbones.resolve_language(cfg) == "google/gemma-3-270m-it"
     assert backbones.resolve_vision(ModelConfig()) == "google/siglip2-base-patch16-512"

@@ -53,7 +53,7 @@ CONFIG_CASES = [
     (["--save_checkpoint_steps", "0"], "train.save_checkpoint_steps=0: must be at least 1"),
     (["--log_interval", "0"], "train.log_interval=0: must be at least 1"),
     (["--keep_checkpoints", "0"], "train.keep_checkpoints=0: must be at least 1"),
-    (["--lr_mp", "nan"], "train.lr_mp=nan: must be a finite number"),
+    (["--lr_mp", "nan"], "train.lr_projector=nan: must be a finite number"),  # lr_mp: its old name
     (["--lr_backbones=-1e-3"], "train.lr_backbones=-0.001: must be at least 0"),
     (["--lr_vision", "-2"], "train.lr_vision=-2.0: must be at least 0 (or -1 = lr_backbones)"),
     (["--warmup_ratio", "1.5"], "train.warmup_ratio=1.5: must be a number from 0 to 1"),
@@ -293,9 +293,9 @@ def test_user_text_cannot_create_or_remove_image_slots(processor):
 
 
 def test_slot_count_mismatch_is_skipped(processor, monkeypatch):
-    import nanovlm.data.datasets as D
+    import nanovlm.data.datasets as datasets_module
 
-    monkeypatch.setattr(D, "clean_turns", lambda turns, token: turns)  # as if the text were not neutralised
+    monkeypatch.setattr(datasets_module, "clean_turns", lambda turns, token: turns)  # as if the text were not neutralised
     assert processor(_row(texts=[{"user": "<|image|>q", "assistant": "a"}])) is None
 
 
@@ -307,7 +307,7 @@ def test_sweep_stops_on_a_user_error_and_marks_the_trial(store, capsys, monkeypa
 
     from nanovlm.train import TooManySkipped
     from sweeps import lr
-    from sweeps import study as engine
+    from sweeps import objective as engine
 
     def fail(cfg, **kwargs):
         raise TooManySkipped("200 of 200 samples were unreadable")

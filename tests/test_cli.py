@@ -25,7 +25,7 @@ def test_dry_run_json_has_counts_and_applies_flags(capsys):
     info = json.loads(capsys.readouterr().out)
     params = info["parameters"]
     assert params["trainable"] == params["projector"] + params["language"]  # vision frozen
-    assert info["config"]["train.lr_mp"] == 0.01 and info["config"]["train.seed"] == 7
+    assert info["config"]["train.lr_projector"] == 0.01 and info["config"]["train.seed"] == 7
     assert info["config"]["train.max_steps"] == 9
     assert info["architecture"]["image_tokens"] == 49
 
@@ -58,4 +58,4 @@ def test_unknown_flag_suggests_close_matches(capsys):
     with pytest.raises(SystemExit):
         main(["tiny", "--lr-mpp", "1"])
     err = capsys.readouterr().err
-    assert "did you mean" in err and "--lr_mp" in err
+    assert "Did you mean" in err and "--lr_mp" in err  # the old name, still accepted

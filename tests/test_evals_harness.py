@@ -8,6 +8,7 @@ test) so that what is scored is known exactly; the CLI tests load a real tiny ch
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from conftest import tiny_vlm
@@ -239,12 +240,65 @@ def test_mmstar_command_end_to_end(tracked_checkpoint, fixture_dir, capsys):
     assert json.loads(data.dataset.profile) == {"num_rows": 36}
 
 
-def test_command_errors_are_one_line(tracked_checkpoint, tmp_path):
+def _one_error_line(capsys, exit_info) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert exit_info.value.code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_command_errors_are_one_line(tracked_checkpoint, tmp_path, capsys):
     from evals.cli import main
 
     ckpt, _, _ = tracked_checkpoint
-    with pytest.raises(SystemExit, match="error: .*no parquet files|error: .*expected a .parquet"):
+    with pytest.raises(SystemExit) as exit_info:
         main(MMSTAR, [str(ckpt), "--data", str(tmp_path), "--no_tracking"])
+    assert re.search("no parquet files|expected a .parquet", _one_error_line(capsys, exit_info))
+    with pytest.raises(SystemExit) as exit_info:  # checked before the model loads: any checkpoint name
+        main(MMSTAR, ["no-checkpoint", "--revision", "ai2d=abc", "--no_tracking"])
+    assert "--revision 'ai2d=abc': ai2d is not a task of this run (mmstar)" in _one_error_line(capsys, exit_info)
+    with pytest.raises(SystemExit) as exit_info:
+        main(MMSTAR, [str(tmp_path / "no-such-checkpoint"), "--no_tracking"])
+    assert "no-such-checkpoint" in _one_error_line(capsys, exit_info)
+
+
+BAD_TASK_VALUES = [
+    (["--tasks", "mmstr"], "--tasks: unknown task 'mmstr'. Did you mean mmstar?"),
+    (["--tasks", ","], "--tasks ',': no task named"),
+    (["--tasks", "mmstar", "--data", "/data/mmstar.parquet"], "--data '/data/mmstar.parquet': expected TASK=PATH"),
+    (["--tasks", "mmstar", "--data", "mmstar="], "--data 'mmstar=': expected TASK=PATH_OR_HUB_ID"),
+    (["--tasks", "mmstar", "--data", "=x.parquet"], "--data '=x.parquet': expected TASK=PATH_OR_HUB_ID"),
+    (["--tasks", "mmstar", "--data", "mmstr=x"], "--data 'mmstr=x': unknown task 'mmstr'. Did you mean mmstar?"),
+    (["--tasks", "mmstar", "--data", "ai2d=x"], "--data 'ai2d=x': ai2d is not a task of this run (mmstar)"),
+    (["--tasks", "mmstar", "--data", "mmstar=a", "--data", "mmstar=b"], "mmstar already has 'a'"),
+    (["--tasks", "mmstar,ai2d", "--revision", "abc", "--revision", "def"], "a second value for every task"),
+    (["--tasks", "textvqa_val", "--revision", "textvqa="], "--revision 'textvqa=': expected [TASK=]REV"),
+    (["--tasks", "mmstar", "--data_dir", "/nonexistent"], "--data_dir /nonexistent: no such folder"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_TASK_VALUES, ids=[" ".join(a) for a, _ in BAD_TASK_VALUES])
+def test_bad_task_values_are_one_line_before_the_model_loads(argv, message, capsys, monkeypatch):
+    from evals import cli
+    from evals.run import main
+
+    monkeypatch.setattr(cli, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["ckpt", *argv, "--no_tracking"])
+    assert message in _one_error_line(capsys, exit_info)
+
+
+def test_task_values_per_task():
+    from evals.task_args import data_sources, per_task, task_names
+
+    names = task_names("mmstar,textvqa_val,mmstar")
+    assert names == ["mmstar", "textvqa"]  # lmms-eval's name becomes ours; each task once
+    assert task_names("all") == list(TASKS)
+    # a TASK=REV overrides the bare REV for its task, whatever the order
+    assert per_task(["textvqa_val=t1", "r0"], "--revision", names, bare=True) == {"mmstar": "r0", "textvqa": "t1"}
+    assert per_task([], "--revision", names, bare=True) == {}
+    assert data_sources(["mmstar=hub/m"], None, names) == {"mmstar": "hub/m"}
+    assert data_sources(["mmstar=a=b.parquet"], None, names) == {"mmstar": "a=b.parquet"}  # split at the first =
 
 
 def test_run_several_tasks_with_one_summary(tracked_checkpoint, fixture_dir, tmp_path, capsys):
@@ -258,8 +312,9 @@ def test_run_several_tasks_with_one_summary(tracked_checkpoint, fixture_dir, tmp
     assert set(summary["tasks"]) == set(TASKS)
     assert all((tmp_path / t / "predictions.jsonl").is_file() for t in TASKS)
     assert "mme_perception_score" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="unknown task 'mmstr'.*did you mean 'mmstar'"):
+    with pytest.raises(SystemExit) as exit_info:
         main([str(ckpt), "--tasks", "mmstr", "--no_tracking"])
+    assert "unknown task 'mmstr'. Did you mean mmstar?" in _one_error_line(capsys, exit_info)
 
 
 def test_mlflow_new_run_and_running_run(tmp_path, store):

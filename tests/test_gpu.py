@@ -12,7 +12,7 @@ import torch
 from conftest import model_batch
 from experiments.presets import get_preset
 from experiments.runner import run_experiment
-from nanovlm import metrics as M
+from nanovlm import metrics as metric_names
 from nanovlm.config import TrainConfig, override
 from nanovlm.data.packing import collate_rows, model_inputs, pack
 from nanovlm.optim import build_optimizer
@@ -27,8 +27,8 @@ def test_tiny_run_on_cuda_packed_compiled_and_flex(tmp_path):
                                         "save_checkpoint_steps": 10, "train_samples": 400, "val_samples": 32,
                                         "device": "cuda", "output_dir": str(tmp_path)})  # compile/attention: auto
     result = run_experiment(cfg, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
-    assert math.isfinite(result.metrics[M.VAL_LOSS])
-    assert result.metrics[M.TRAIN_LOSS] < 6.0
+    assert math.isfinite(result.metrics[metric_names.VAL_LOSS])
+    assert result.metrics[metric_names.TRAIN_LOSS] < 6.0
 
 
 def _model(language: str):

@@ -10,7 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from nanovlm.data.processors import IGNORE_INDEX
-from nanovlm.model import loss as L
+from nanovlm.model import loss as loss_fns
 from nanovlm.model.loss import BACKENDS, linear_cross_entropy, pick_backend
 
 
@@ -193,10 +193,10 @@ def test_unknown_backend_names_the_valid_ones():
 
 def test_pick_backend(monkeypatch):
     assert pick_backend(torch.device("cpu")) == "chunked"
-    monkeypatch.setattr(L, "_liger_available", lambda: True)
+    monkeypatch.setattr(loss_fns, "_liger_available", lambda: True)
     assert pick_backend(torch.device("cuda")) == "liger"
     assert pick_backend(torch.device("cpu")) == "chunked"
-    monkeypatch.setattr(L, "_liger_available", lambda: False)
+    monkeypatch.setattr(loss_fns, "_liger_available", lambda: False)
     assert pick_backend(torch.device("cuda")) == "chunked"
 
 

@@ -27,11 +27,11 @@ import pytest
 
 from experiments.presets import get_preset
 from experiments.runner import run_experiment
-from nanovlm import dashboard as D
+from nanovlm import dashboard
 from nanovlm.config import override
 from sweeps import lr
 from sweeps.postgres import free_port
-from sweeps.study import view_id
+from sweeps.parent import view_id
 
 pytestmark = pytest.mark.browser
 
@@ -256,7 +256,7 @@ def test_the_run_page_draws_the_benchmark_curve(ui):
 
 def test_sweep_trials_are_nested_under_their_parent(ui):
     browser = ui.browser
-    browser.get(D.ui_link(ui.base, ui.experiment_id, view=view_id(STUDY), charts=False))
+    browser.get(dashboard.ui_link(ui.base, ui.experiment_id, view=view_id(STUDY), charts=False))
     parent_id = _wait(browser, lambda b: _find(b, "[role=row][row-id]", STUDY), "the sweep's parent run")[0] \
         .get_attribute("row-id")
     assert _rows(browser) == [parent_id], "trials hidden until the parent is expanded"
@@ -267,7 +267,7 @@ def test_sweep_trials_are_nested_under_their_parent(ui):
     assert rows[0] == parent_id
     trials = {r: _find(browser, f"[role=row][row-id='{r}']", f"{STUDY}-trial-") for r in rows[1:]}
     assert all(trials.values()), "the rows under the parent are its trials"
-    searched = ("train.lr_mp", "train.lr_backbones", "train.freeze_vision_encoder", "val/loss")
+    searched = ("train.lr_projector", "train.lr_backbones", "train.freeze_vision_encoder", "val/loss")
     _wait(browser, lambda b: all(c in " ".join(h.text for h in _find(b, "[role=columnheader]")) for c in searched),
           f"columns for the searched parameters and the metric: {searched}")
     _screenshot(browser, "mlflow-sweep")
@@ -275,7 +275,7 @@ def test_sweep_trials_are_nested_under_their_parent(ui):
 
 def test_the_training_view_starts_with_the_loss(ui):
     browser = ui.browser
-    browser.get(D.ui_link(ui.base, ui.experiment_id, view=D.TRAINING_VIEW))
+    browser.get(dashboard.ui_link(ui.base, ui.experiment_id, view=dashboard.TRAINING_VIEW))
 
     def first_chart(b):
         cards = _find(b, "[data-testid=experiment-view-compare-runs-card]")
@@ -285,5 +285,5 @@ def test_the_training_view_starts_with_the_loss(ui):
     assert "(train/loss)" in first, first  # its legend: "<run> (train/loss)"
     headers = _find(browser, "[data-testid=experiment-view-compare-runs-section-header]")
     sections = [h.text.splitlines()[0].strip() for h in headers]
-    assert sections[:len(D.TRAINING_SECTIONS)] == list(D.TRAINING_SECTIONS), sections
+    assert sections[:len(dashboard.TRAINING_SECTIONS)] == list(dashboard.TRAINING_SECTIONS), sections
     _screenshot(browser, "mlflow-training-view")

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from experiments import register as R
+from experiments import register as register_cli
 from experiments.presets import get_preset
 from experiments.runner import run_experiment
 from nanovlm.config import override
@@ -50,7 +50,7 @@ def test_register_run_tags_and_load_back(tmp_path, uri, monkeypatch):
     result = run_experiment(cfg, tracking_uri=uri)
     assert result.best_checkpoint is not None
 
-    reg = R.register_result(result, "tiny-vlm", alias="champion", tracking_uri=uri)
+    reg = register_cli.register_result(result, "tiny-vlm", alias="champion", tracking_uri=uri)
     client = _client(uri)
     version = client.get_model_version_by_alias("tiny-vlm", "champion")
     assert str(version.version) == reg.version == "1" and version.run_id == result.run_id
@@ -68,20 +68,20 @@ def test_register_run_tags_and_load_back(tmp_path, uri, monkeypatch):
     assert result.run_id in version.description
 
     # registering the same checkpoint again reuses the version; an alias or version number loads it
-    again = R.register_result(result, "tiny-vlm", alias="candidate", tracking_uri=uri)
+    again = register_cli.register_result(result, "tiny-vlm", alias="candidate", tracking_uri=uri)
     assert again.reused and again.version == "1"
     monkeypatch.delenv("MLFLOW_TRACKING_URI")  # the store comes from tracking_uri alone
     monkeypatch.chdir(tmp_path / "runs")
     for ref in ("champion", "candidate", 1):
-        _same_weights(R.load_registered("tiny-vlm", ref, tracking_uri=uri), result.best_checkpoint)
+        _same_weights(register_cli.load_registered("tiny-vlm", ref, tracking_uri=uri), result.best_checkpoint)
 
     # the local path is registered when the checkpoint was not logged (a large model)
-    monkeypatch.setattr(R, "_artifact_checkpoint", lambda *a: False)
-    local = R.register_run("tiny-vlm-local", result.run_id, checkpoint=result.checkpoint, tracking_uri=uri)
+    monkeypatch.setattr(register_cli, "_artifact_checkpoint", lambda *a: False)
+    local = register_cli.register_run("tiny-vlm-local", result.run_id, checkpoint=result.checkpoint, tracking_uri=uri)
     assert local.checkpoint == "final" and local.source == result.checkpoint.resolve().as_uri()
-    _same_weights(R.load_registered("tiny-vlm-local", R.DEFAULT_ALIAS, tracking_uri=uri), result.checkpoint)
-    with pytest.raises(R.RegisterError, match="reserved"):
-        R.register_result(result, "tiny-vlm", alias="latest", tracking_uri=uri)
+    _same_weights(register_cli.load_registered("tiny-vlm-local", register_cli.DEFAULT_ALIAS, tracking_uri=uri), result.checkpoint)
+    with pytest.raises(register_cli.RegisterError, match="reserved"):
+        register_cli.register_result(result, "tiny-vlm", alias="latest", tracking_uri=uri)
     monkeypatch.undo()
 
 
@@ -107,9 +107,9 @@ def test_run_register_flag(tmp_path, uri, capsys, monkeypatch):
 
     assert run.main(["tiny", *FLAGS, "--output_dir", str(tmp_path / "runs"), "--register", "cli-vlm"]) == 0
     assert "registered as cli-vlm version 1" in capsys.readouterr().out
-    version = _client(uri).get_model_version_by_alias("cli-vlm", R.DEFAULT_ALIAS)
+    version = _client(uri).get_model_version_by_alias("cli-vlm", register_cli.DEFAULT_ALIAS)
     assert version.tags["checkpoint"] == "best"
-    model = R.load_registered("cli-vlm", R.DEFAULT_ALIAS)
+    model = register_cli.load_registered("cli-vlm", register_cli.DEFAULT_ALIAS)
     _same_weights(model, Path(version.tags["checkpoint_path"]))
     # a bad alias is refused before anything trains
     assert run.main(["tiny", *FLAGS, "--register", "cli-vlm", "--alias", "v2"]) == 2

@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 
 from experiments.presets import get_preset
-from nanovlm import metrics as M
-from reports import names as N
+from nanovlm import metrics as metric_names
+from reports import names as report_names
 from reports import profile, size_table
 from reports.flops import model_flops, peak_tflops
 from reports.param_counts import count_parameters
@@ -48,7 +48,7 @@ def client(store):
 
 @pytest.fixture(scope="module")
 def profile_run(client):
-    experiment = client.get_experiment_by_name(N.EXPERIMENT)
+    experiment = client.get_experiment_by_name(report_names.EXPERIMENT)
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 1
     return runs[0]
@@ -70,20 +70,20 @@ def test_profile_logs_a_run_with_measurements_and_provenance(profile_run):
     assert run.info.status == "FINISHED"
     m, tags, params = run.data.metrics, run.data.tags, run.data.params
     counts = count_parameters(get_preset("tiny"))
-    for part in N.PARAM_PARTS:
-        assert m[N.param_metric(part)] == counts[part]
+    for part in report_names.PARAM_PARTS:
+        assert m[report_names.param_metric(part)] == counts[part]
     assert m["train/samples_per_s"] > 0
     assert m["train/tokens_per_s"] == pytest.approx(m["train/samples_per_s"] * SEQ_LEN)
-    assert m["train/samples_per_s"] == pytest.approx(1 / m[N.STEP_TIME_S])
-    assert m[N.STEP_PEAK_MEMORY_MB] > 50  # a whole Python + torch process
-    assert M.PEAK_MEMORY_MB not in m  # the training loop's process-lifetime peak is another quantity
-    assert m[N.SAMPLES_PER_ROW] == 1 and m[M.PADDING_FRACTION] == 0
-    assert m[N.IMAGE_TOKENS] == 16 and m[N.VISION_TOKENS] == 64  # 64 px, 8x8 patches of 8 px
-    assert m[N.MODEL_FLOPS_PER_STEP] > 0 and m[N.ACHIEVED_TFLOPS] > 0 and m[N.WALL_S] > 0
-    assert N.MFU not in m and "CUDA" in tags[N.MFU_NOTE_TAG]  # CPU: no peak to compare with
+    assert m["train/samples_per_s"] == pytest.approx(1 / m[report_names.STEP_TIME_S])
+    assert m[report_names.STEP_PEAK_MEMORY_MB] > 50  # a whole Python + torch process
+    assert metric_names.PEAK_MEMORY_MB not in m  # the training loop's process-lifetime peak is another quantity
+    assert m[report_names.SAMPLES_PER_ROW] == 1 and m[metric_names.PADDING_FRACTION] == 0
+    assert m[report_names.IMAGE_TOKENS] == 16 and m[report_names.VISION_TOKENS] == 64  # 64 px, 8x8 patches of 8 px
+    assert m[report_names.MODEL_FLOPS_PER_STEP] > 0 and m[report_names.ACHIEVED_TFLOPS] > 0 and m[report_names.WALL_S] > 0
+    assert report_names.MFU not in m and "CUDA" in tags[report_names.MFU_NOTE_TAG]  # CPU: no peak to compare with
     assert tags["preset"] == "tiny" and tags[profile.RUN_KIND_TAG] == profile.PROFILE_KIND
     assert tags["device"].startswith("cpu (")
-    assert tags[N.PEAK_MEMORY_MEASURE_TAG] in ("cpu_step_peak_rss", "cpu_process_peak_rss")
+    assert tags[report_names.PEAK_MEMORY_MEASURE_TAG] in ("cpu_step_peak_rss", "cpu_process_peak_rss")
     for key in ("git_sha", "torch", "transformers", "mlflow", "python", "vision_encoder", "language_model",
                 "flops_formula"):
         assert tags[key], key
@@ -99,8 +99,8 @@ def test_a_failing_row_ends_failed_with_its_reason_and_keeps_parameter_counts(st
     assert rc == 1
     (run,) = client.search_runs([client.get_experiment_by_name("profile_failures").experiment_id])
     assert run.info.status == "FAILED"
-    assert "seq_len 10" in run.data.tags[N.ERROR_TAG]
-    assert run.data.metrics[N.param_metric("total")] == count_parameters(get_preset("tiny"))["total"]
+    assert "seq_len 10" in run.data.tags[report_names.ERROR_TAG]
+    assert run.data.metrics[report_names.param_metric("total")] == count_parameters(get_preset("tiny"))["total"]
 
 
 def test_profile_rejects_unknown_presets_before_running_anything(capsys):
@@ -168,16 +168,16 @@ def test_the_profiler_times_the_training_steps_train_step(monkeypatch):
     result = measure(cfg, steps=2, warmup=1, device="cpu", packed=True, **PACKED)
     assert calls == {"train_step": 3, "prepare": 1}  # warm-up + timed steps, each one train_step call
     m = result.metrics
-    assert m[N.SAMPLES_PER_ROW] == 4
-    assert m[M.SAMPLES_PER_S] * m[N.STEP_TIME_S] == pytest.approx(8)  # 2 rows x 4 samples per step
-    assert m[M.TOKENS_PER_S] == pytest.approx(m[M.SAMPLES_PER_S] * PACKED["sample_len"])
-    assert 0 < m[N.FORWARD_BACKWARD_S] < m[N.STEP_TIME_S] and 0 < m[N.OPTIMIZER_S] < m[N.STEP_TIME_S]
+    assert m[report_names.SAMPLES_PER_ROW] == 4
+    assert m[metric_names.SAMPLES_PER_S] * m[report_names.STEP_TIME_S] == pytest.approx(8)  # 2 rows x 4 samples per step
+    assert m[metric_names.TOKENS_PER_S] == pytest.approx(m[metric_names.SAMPLES_PER_S] * PACKED["sample_len"])
+    assert 0 < m[report_names.FORWARD_BACKWARD_S] < m[report_names.STEP_TIME_S] and 0 < m[report_names.OPTIMIZER_S] < m[report_names.STEP_TIME_S]
     assert float(result.tags["final_loss"]) > 0 and "skipped_steps" not in result.tags
     # the FLOPs are the per-sample count of the batch that was timed, less than one 160-token sequence per row
     model = build_vlm(cfg.model, meta=True)
     per_sample = model_flops(model, cfg.train, [40] * 8, loss_tokens=8 * 24).total
     per_row = model_flops(model, cfg.train, [160] * 2, loss_tokens=8 * 24, images=8).total
-    assert m[N.MODEL_FLOPS_PER_STEP] == pytest.approx(per_sample) and per_sample < per_row
+    assert m[report_names.MODEL_FLOPS_PER_STEP] == pytest.approx(per_sample) and per_sample < per_row
 
 
 def test_a_packed_profile_logs_its_layout_and_the_table_shows_it(store, client):
@@ -189,29 +189,29 @@ def test_a_packed_profile_logs_its_layout_and_the_table_shows_it(store, client):
     (run,) = client.search_runs([client.get_experiment_by_name("profile_packed").experiment_id])
     params, m = run.data.params, run.data.metrics
     assert params["profile.packed"] == "True" and params["profile.sample_len"] == "40"
-    assert m[N.SAMPLES_PER_ROW] == 4 and m[N.STEP_PEAK_MEMORY_MB] > 0 and M.PEAK_MEMORY_MB not in m
+    assert m[report_names.SAMPLES_PER_ROW] == 4 and m[report_names.STEP_PEAK_MEMORY_MB] > 0 and metric_names.PEAK_MEMORY_MB not in m
     assert "sum over the samples i" in run.data.tags["flops_formula"]
     frame, _ = load_runs(["profile_packed"], store)
     table = build_table(frame)
     tiny = _cells(table.markdown, "tiny")
-    assert tiny["Peak memory (BS=1)"].startswith(f"{m[N.STEP_PEAK_MEMORY_MB] / 1024:.2f} GiB (2 x 160-token packed rows)")
+    assert tiny["Peak memory (BS=1)"].startswith(f"{m[report_names.STEP_PEAK_MEMORY_MB] / 1024:.2f} GiB (2 x 160-token packed rows)")
     assert "each packed with 4 samples of 40 tokens" in _footnote(table.markdown, tiny["Training speed (samples/s)"])
     row = table.frame.iloc[0]
-    assert bool(row["packed"]) and row["sample_len"] == 40 and row["step_peak_memory_mb"] == m[N.STEP_PEAK_MEMORY_MB]
+    assert bool(row["packed"]) and row["sample_len"] == 40 and row["step_peak_memory_mb"] == m[report_names.STEP_PEAK_MEMORY_MB]
 
 
 def test_the_table_reads_the_profiles_step_peak_not_the_training_loops_name(store):
     tags = {"preset": "tiny", profile.RUN_KIND_TAG: profile.PROFILE_KIND, "device": "cpu (x86_64, 2 cores)",
-            N.PEAK_MEMORY_MEASURE_TAG: "cpu_step_peak_rss"}
+            report_names.PEAK_MEMORY_MEASURE_TAG: "cpu_step_peak_rss"}
     # A profile run that (wrongly) carries both names with different values: the step peak wins.
-    _fake_run(store, "profile_names", tags, {N.STEP_PEAK_MEMORY_MB: 2048.0, M.PEAK_MEMORY_MB: 9999.0,
-                                             M.SAMPLES_PER_S: 1.0})
+    _fake_run(store, "profile_names", tags, {report_names.STEP_PEAK_MEMORY_MB: 2048.0, metric_names.PEAK_MEMORY_MB: 9999.0,
+                                             metric_names.SAMPLES_PER_S: 1.0})
     frame, _ = load_runs(["profile_names"], store)
     table = build_table(frame)
     assert _cells(table.markdown, "tiny")["Peak memory (BS=1)"].startswith("2.00 GiB")
     assert table.frame.iloc[0]["step_peak_memory_mb"] == 2048.0
     # A profile logged before the rename has only train/peak_memory_mb, which then meant the same step peak.
-    _fake_run(store, "profile_old", tags, {M.PEAK_MEMORY_MB: 3072.0, M.SAMPLES_PER_S: 1.0})
+    _fake_run(store, "profile_old", tags, {metric_names.PEAK_MEMORY_MB: 3072.0, metric_names.SAMPLES_PER_S: 1.0})
     frame, _ = load_runs(["profile_old"], store)
     assert _cells(build_table(frame).markdown, "tiny")["Peak memory (BS=1)"].startswith("3.00 GiB")
 
@@ -237,24 +237,24 @@ def _footnote(markdown: str, cell: str) -> str:
 @pytest.fixture(scope="module")
 def table(store, profile_run, tmp_path_factory):
     tags = {k: profile_run.data.tags[k] for k in ("vision_encoder", "language_model", "device")}
-    total = profile_run.data.metrics[N.param_metric("total")]
-    trained = _fake_run(store, N.TRAINING_EXPERIMENT, {"preset": "tiny", **tags},
-                        {N.param_metric("total"): total, "eval/mmstar/average": 31.25, "eval/synthetic/overall": 50.0,
+    total = profile_run.data.metrics[report_names.param_metric("total")]
+    trained = _fake_run(store, report_names.TRAINING_EXPERIMENT, {"preset": "tiny", **tags},
+                        {report_names.param_metric("total"): total, "eval/mmstar/average": 31.25, "eval/synthetic/overall": 50.0,
                          "train/samples_per_s": 123.0})
     # Same preset, another vision encoder: its score must not land on the tiny row.
-    _fake_run(store, N.TRAINING_EXPERIMENT, {"preset": "tiny", **tags, "vision_encoder": "/x/tiny-v1/dinov2"},
-              {N.param_metric("total"): total + 1000, "eval/mmstar/average": 99.0})
+    _fake_run(store, report_names.TRAINING_EXPERIMENT, {"preset": "tiny", **tags, "vision_encoder": "/x/tiny-v1/dinov2"},
+              {report_names.param_metric("total"): total + 1000, "eval/mmstar/average": 99.0})
     # Trained but never profiled: parameter counts only.
-    small = _fake_run(store, N.TRAINING_EXPERIMENT,
+    small = _fake_run(store, report_names.TRAINING_EXPERIMENT,
                       {"preset": "original_small", "vision_encoder": "google/siglip-base-patch16-224",
                        "language_model": "HuggingFaceTB/SmolLM2-135M", "device": "NVIDIA H100 80GB HBM3"},
-                      {N.param_metric(p): v for p, v in count_parameters(get_preset("original_small")).items()})
-    _fake_run(store, N.TRAINING_EXPERIMENT, {}, {"eval/mmstar/average": 12.0})  # no preset tag
+                      {report_names.param_metric(p): v for p, v in count_parameters(get_preset("original_small")).items()})
+    _fake_run(store, report_names.TRAINING_EXPERIMENT, {}, {"eval/mmstar/average": 12.0})  # no preset tag
     # An evaluation alone (no parameter counts, never profiled): still a row, never dropped.
-    evaluated = _fake_run(store, N.EVAL_EXPERIMENT, {"preset": "dinov3_gemma"},
+    evaluated = _fake_run(store, report_names.EVAL_EXPERIMENT, {"preset": "dinov3_gemma"},
                           {"eval/mmstar/average": 40.0, "eval/mmstar/failed": 3.0})
     out = tmp_path_factory.mktemp("table")
-    assert size_table.main(["--experiments", f"{N.EXPERIMENT},{N.TRAINING_EXPERIMENT},{N.EVAL_EXPERIMENT},absent", "--out", str(out),
+    assert size_table.main(["--experiments", f"{report_names.EXPERIMENT},{report_names.TRAINING_EXPERIMENT},{report_names.EVAL_EXPERIMENT},absent", "--out", str(out),
                             "--tracking_uri", store]) == 0
     return {"out": out, "markdown": (out / "size_table.md").read_text(), "csv": pd.read_csv(out / "size_table.csv"),
             "trained": trained, "small": small, "evaluated": evaluated, "profile": profile_run.info.run_id}
@@ -330,7 +330,7 @@ def test_eval_columns_follow_the_patterns():
 
 def test_eval_experiment_name_matches_the_evaluation_cli():
     mlflow_log = pytest.importorskip("evals.mlflow_log")
-    assert N.EVAL_EXPERIMENT == mlflow_log.EXPERIMENT
+    assert report_names.EVAL_EXPERIMENT == mlflow_log.EXPERIMENT
 
 
 def test_an_empty_store_gives_a_table_that_says_so(tmp_path):
@@ -400,12 +400,12 @@ def test_cuda_profile_measures_allocated_memory_and_mfu():
     from reports.measure import measure
 
     result = measure(get_preset("tiny"), seq_len=SEQ_LEN, steps=2, warmup=1, device="cuda")
-    assert result.tags[N.PEAK_MEMORY_MEASURE_TAG] == "cuda_max_allocated"
-    assert result.tags["dtype"] == "bf16 autocast" and result.metrics[N.STEP_PEAK_MEMORY_MB] > 0
+    assert result.tags[report_names.PEAK_MEMORY_MEASURE_TAG] == "cuda_max_allocated"
+    assert result.tags["dtype"] == "bf16 autocast" and result.metrics[report_names.STEP_PEAK_MEMORY_MB] > 0
     if peak_tflops(result.tags["device"]) is None:
-        assert "unknown" in result.tags[N.MFU_NOTE_TAG]
+        assert "unknown" in result.tags[report_names.MFU_NOTE_TAG]
     else:
-        assert 0 < result.metrics[N.MFU] < 1
+        assert 0 < result.metrics[report_names.MFU] < 1
 
 
 def test_profiles_from_before_packing_group_with_unpacked_ones_of_the_same_setting():

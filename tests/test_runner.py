@@ -19,9 +19,9 @@ import torch
 
 from experiments.presets import get_preset
 from experiments.runner import run_experiment
-from nanovlm import metrics as M
+from nanovlm import metrics as metric_names
 from nanovlm.checkpoint import latest_checkpoint, read_trainer_state
-from nanovlm.config import ConfigError, override
+from nanovlm.config import ConfigError, ExperimentConfig, ModelConfig, from_dict, override, read_config
 from nanovlm.model.vlm import IncompatibleCheckpoint, VisionLanguageModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,17 +52,22 @@ def test_tiny_run_is_tracked_and_checkpointed(tmp_path):
     result = run_experiment(_cfg(tmp_path, run_name="t1"), tracking_uri=_uri(tmp_path))
     run = _client(tmp_path).get_run(result.run_id)
     assert run.info.status == "FINISHED" and run.info.run_name == "t1"
-    assert run.data.params["train.lr_mp"] == "0.01" and run.data.params["model.tiny"] == "True"
+    assert run.data.params["train.lr_projector"] == "0.01" and run.data.params["model.tiny"] == "True"
     for tag in ("preset", "git_sha", "device", "torch", "transformers", "dataset_fingerprint", "vision_encoder"):
         assert run.data.tags.get(tag), tag
-    history = _client(tmp_path).get_metric_history(result.run_id, M.TRAIN_LOSS)
+    history = _client(tmp_path).get_metric_history(result.run_id, metric_names.TRAIN_LOSS)
     assert [m.step for m in history] == list(range(1, 7))
-    assert [m.step for m in _client(tmp_path).get_metric_history(result.run_id, M.VAL_LOSS)] == [3, 6]
-    for name in (M.SAMPLES_PER_S, M.TOKENS_PER_S, M.PEAK_MEMORY_MB, M.GRAD_NORM, M.lr_name("projector"),
-                 M.eval_name("synthetic", "colour"), M.eval_name("synthetic_blind", "colour"), "params/total"):
+    assert [m.step for m in _client(tmp_path).get_metric_history(result.run_id, metric_names.VAL_LOSS)] == [3, 6]
+    for name in (metric_names.SAMPLES_PER_S, metric_names.TOKENS_PER_S, metric_names.PEAK_MEMORY_MB, metric_names.GRAD_NORM, metric_names.lr_name("projector"),
+                 metric_names.eval_name("synthetic", "colour"), metric_names.eval_name("synthetic_blind", "colour"), "params/total"):
         assert name in run.data.metrics, name
     artifacts = {a.path for a in _client(tmp_path).list_artifacts(result.run_id)}
     assert {"config.json", "loss_curve.png", "checkpoints"} <= artifacts
+    # every saved copy of the config reads back as the config that ran (one shape: config.to_dict)
+    cfg = _cfg(tmp_path, run_name="t1")
+    assert read_config(result.run_dir / "config.json") == cfg
+    assert from_dict(ExperimentConfig, read_trainer_state(result.checkpoint).config) == cfg
+    assert from_dict(ModelConfig, json.loads((result.checkpoint / "config.json").read_text())["model"]) == cfg.model
     # checkpoints: the last K step folders plus the best, each loadable, with the run id inside
     steps = sorted(p.name for p in (result.run_dir / "checkpoints").glob("step-*"))
     assert steps == ["step-000004", "step-000006"]
@@ -73,7 +78,7 @@ def test_tiny_run_is_tracked_and_checkpointed(tmp_path):
 
 
 def _losses(run_dir: Path) -> list[float]:
-    return [v for _, v in read_trainer_state(latest_checkpoint(run_dir)).history[M.TRAIN_LOSS]]
+    return [v for _, v in read_trainer_state(latest_checkpoint(run_dir)).history[metric_names.TRAIN_LOSS]]
 
 
 @pytest.mark.slow
@@ -108,7 +113,7 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_losses(tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("nanovlm").experiment_id],
                               filter_string="attributes.run_name = 'killed'")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    logged = {m.step: m.value for m in client.get_metric_history(runs[0].info.run_id, M.TRAIN_LOSS)}
+    logged = {m.step: m.value for m in client.get_metric_history(runs[0].info.run_id, metric_names.TRAIN_LOSS)}
     assert [logged[s] for s in range(1, 41)] == pytest.approx(straight, rel=1e-6)
 
 
@@ -120,6 +125,19 @@ def test_resume_with_another_architecture_lists_the_fields(tmp_path):
     with pytest.raises(ConfigError, match="no training checkpoint"):
         run_experiment(_cfg(tmp_path), resume=str(tmp_path), tracking_uri=_uri(tmp_path))
     assert result.checkpoint.exists()
+
+
+def test_the_run_id_is_handed_out_when_the_run_starts_also_on_resume(tmp_path):
+    seen: list[str] = []
+
+    def on_validation(step, metrics):  # sweeps link a trial's run before it trains (it may be killed)
+        assert seen, "on_run_started was not called before the first validation"
+
+    cfg = _cfg(tmp_path, run_name="ids", max_steps=2, validation_steps=2)
+    first = run_experiment(cfg, tracking_uri=_uri(tmp_path), on_run_started=seen.append, on_validation=on_validation)
+    resumed = run_experiment(override(cfg, {"max_steps": 4}), resume="latest", tracking_uri=_uri(tmp_path),
+                             on_run_started=seen.append)
+    assert seen == [first.run_id, first.run_id] and resumed.run_id == first.run_id
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
@@ -179,7 +197,7 @@ def test_mlflow_server_on_loopback_serves_the_run(tmp_path):
                 time.sleep(0.5)
         assert body["run"]["info"]["run_name"] == "served"
         metrics = {m["key"]: m["value"] for m in body["run"]["data"]["metrics"]}
-        assert math.isfinite(metrics[M.TRAIN_LOSS])
+        assert math.isfinite(metrics[metric_names.TRAIN_LOSS])
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
@@ -200,7 +218,7 @@ def test_torchrun_two_processes_train_one_run(tmp_path):
     state = read_trainer_state(latest_checkpoint(tmp_path / "runs" / "ddp"))
     # per rank: 4 steps x 4 rows x 4 packed tiny samples; every rank's position is in the checkpoint
     assert state.step == 4 and state.samples_seen == 64 and state.positions == [64, 64]
-    assert len(state.history[M.TRAIN_LOSS]) == 4
+    assert len(state.history[metric_names.TRAIN_LOSS]) == 4
 
 
 def test_streamed_local_parquet_trains(tmp_path):
@@ -211,4 +229,4 @@ def test_streamed_local_parquet_trains(tmp_path):
     result = run_experiment(cfg, tracking_uri=_uri(tmp_path))
     state = read_trainer_state(result.checkpoint)
     assert state.step == 3 and state.samples_seen == 3 * 16  # 4 rows of 4 packed samples per step
-    assert M.eval_name("synthetic", "colour") not in result.metrics  # the blind control is for synthetic data
+    assert metric_names.eval_name("synthetic", "colour") not in result.metrics  # the blind control is for synthetic data

@@ -16,7 +16,7 @@ import pytest
 from experiments import runner
 from experiments.presets import get_preset
 from experiments.runner import claim_new_run_dir, find_resume_checkpoint, run_experiment
-from nanovlm import metrics as M
+from nanovlm import metrics as metric_names
 from nanovlm.checkpoint import checkpoint_problem, latest_checkpoint, read_trainer_state, write_manifest
 from nanovlm.config import ConfigError, override
 
@@ -111,7 +111,7 @@ def test_resume_skips_a_damaged_newest_checkpoint(tmp_path, caplog):
         and "resuming from step-000004" in warning[0], warning
     state = read_trainer_state(resumed.checkpoint)
     assert resumed.checkpoint.name == "step-000006" and checkpoint_problem(resumed.checkpoint) is None
-    assert [s for s, _ in state.history[M.TRAIN_LOSS]] == [1, 2, 3, 4, 5, 6]  # steps 5 and 6 trained again
+    assert [s for s, _ in state.history[metric_names.TRAIN_LOSS]] == [1, 2, 3, 4, 5, 6]  # steps 5 and 6 trained again
     assert resumed.run_id == first.run_id
 
 

@@ -10,10 +10,11 @@ import shutil
 import optuna
 import pytest
 
-from nanovlm import metrics as M
+from nanovlm import metrics as metric_names
 from sweeps import lr
-from sweeps import space as S
-from sweeps.study import TAG_ROLE, TAG_STATE, TAG_TRIAL
+from sweeps import space as search_space
+from sweeps.names import TAG_ROLE, TAG_STATE, TAG_TRIAL
+from sweeps.workers import retried_from
 
 # Trials of 6 steps with a validation every 2: seconds each on 2 CPU cores.
 SHORT = ["--preset", "tiny", "--max_steps", "6", "--validation_steps", "2", "--eval_interval", "2",
@@ -67,7 +68,7 @@ def _runs(uri: str):
     (["--metric", "eval/synthetic/colr"], "not logged by the trials. Did you mean eval/synthetic/colour"),
     (["--metric", "train/loss", "--pruner", "median"], "compares what a trial reports while it trains"),
     (["--enqueue", "lr_mp=5,lr_backbones=1e-4,freeze_vision_encoder=false"], "outside the space"),
-    (["--lr_mp", "0.01", "--space", "lr_mp=1e-3:1e-2"], "both by --space and by --lr_mp"),
+    (["--lr_mp", "0.01", "--space", "lr_mp=1e-3:1e-2"], "both by --space and by --lr_projector"),  # lr_mp: old name
     (["--run_name", "x"], "--study_name"),
     (["--grace_period", "5", "--heartbeat_interval", "10"], "must be longer than --heartbeat_interval"),
 ])
@@ -84,12 +85,13 @@ def test_optuna_and_mlflow_cannot_share_a_database(stores, capsys):
 
 
 def test_space_specs_and_flags():
-    space, fixed = S.apply_specs(S.default_space(), ["lr_mp=1e-3:1e-2", "freeze_vision_encoder=true",
+    space, fixed = search_space.apply_specs(search_space.default_space(), ["lr_mp=1e-3:1e-2", "freeze_vision_encoder=true",
                                                      "lr_language=0,1e-5", "lr_backbones=off"])
-    assert space == {"lr_mp": S.LogRange(1e-3, 1e-2), "lr_language": S.Choice((0.0, 1e-5))}
+    assert space == {"lr_projector": search_space.LogRange(1e-3, 1e-2), "lr_language": search_space.Choice((0.0, 1e-5))}
     assert fixed == {"freeze_vision_encoder": True}
-    assert S.LogRange(1e-4, 1e-2).grid(3) == [1e-4, 1e-3, 1e-2]
-    assert set(S.default_space(separate_lrs=True)) == {"lr_mp", "lr_vision", "lr_language", "freeze_vision_encoder"}
+    assert search_space.LogRange(1e-4, 1e-2).grid(3) == [1e-4, 1e-3, 1e-2]
+    assert set(search_space.default_space(separate_lrs=True)) == {"lr_projector", "lr_vision", "lr_language",
+                                                       "freeze_vision_encoder"}
     # a runner flag for a searched parameter fixes it; the default study name follows the flags
     settings = lr.settings_from_args(lr.parse(lr.build_parser(), [*SHORT, "--freeze_vision_encoder", "--dry_run"]))
     assert "freeze_vision_encoder" not in settings.space and settings.base.train.freeze_vision_encoder
@@ -109,7 +111,7 @@ def test_four_trial_sweep_nests_runs_and_plots(stores, capsys):
     study = optuna.load_study(study_name="four", storage=storage)
     trials = study.get_trials(states=Done)
     assert len(trials) == 4 == len(study.trials)
-    assert len({t.params["lr_mp"] for t in trials}) == 4  # no repeated draws
+    assert len({t.params["lr_projector"] for t in trials}) == 4  # no repeated draws
 
     client, parents, children = _runs(uri)
     assert len(parents) == 1
@@ -120,7 +122,7 @@ def test_four_trial_sweep_nests_runs_and_plots(stores, capsys):
     for t in trials:
         run = by_number[t.number]
         assert run.info.run_id == t.user_attrs["mlflow_run_id"]
-        assert float(run.data.params["train.lr_mp"]) == pytest.approx(t.params["lr_mp"])
+        assert float(run.data.params["train.lr_projector"]) == pytest.approx(t.params["lr_projector"])
         assert run.data.params["train.freeze_vision_encoder"] == str(t.params["freeze_vision_encoder"])
         expected = ("FINISHED", "COMPLETE") if t.state == optuna.trial.TrialState.COMPLETE else ("KILLED", "PRUNED")
         assert (run.info.status, run.data.tags[TAG_STATE]) == expected
@@ -129,12 +131,12 @@ def test_four_trial_sweep_nests_runs_and_plots(stores, capsys):
     view = client.get_experiment(parent.info.experiment_id).tags["mlflow.sharedViewState.sweep-four"]
     state = json.loads(json.loads(view)["state"])
     assert state["searchFilter"] == "tags.`sweep.study_name` = 'four'"
-    assert {"params.`train.lr_mp`", "params.`train.freeze_vision_encoder`", "metrics.`val/loss`"} <= \
+    assert {"params.`train.lr_projector`", "params.`train.freeze_vision_encoder`", "metrics.`val/loss`"} <= \
         set(state["selectedColumns"])
 
     best = study.best_trial
     assert parent.data.tags["best.trial"] == str(best.number)
-    assert parent.data.metrics[f"best/{M.VAL_LOSS}"] == pytest.approx(best.value)
+    assert parent.data.metrics[f"best/{metric_names.VAL_LOSS}"] == pytest.approx(best.value)
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     artifacts |= {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
     for name in ("trials.csv", "best.json", "summary.txt", "plots/optimization_history.png",
@@ -143,7 +145,8 @@ def test_four_trial_sweep_nests_runs_and_plots(stores, capsys):
     png = client.download_artifacts(parent.info.run_id, "plots/optimization_history.png")
     assert open(png, "rb").read(4) == b"\x89PNG"
     table = open(client.download_artifacts(parent.info.run_id, "trials.csv")).read().splitlines()
-    assert table[0].startswith("number,state,val/loss,lr_mp,lr_backbones,freeze_vision_encoder") and len(table) == 5
+    assert table[0].startswith("number,state,val/loss,lr_projector,lr_backbones,freeze_vision_encoder")
+    assert len(table) == 5
 
     # the same command again resumes the finished study: nothing more to do, no new parent run
     assert _main(stores, "--n_trials", "4", "--study_name", "four") == 0
@@ -162,14 +165,14 @@ def test_a_clearly_bad_trial_is_pruned(stores):
     study = optuna.load_study(study_name="prune", storage=storage)
     first, second, third = study.trials
     assert (first.state.name, second.state.name, third.state.name) == ("COMPLETE", "COMPLETE", "PRUNED")
-    assert third.params["lr_mp"] == 0.0001
+    assert third.params["lr_projector"] == 0.0001
     assert list(third.intermediate_values) == [2]  # stopped at its first validation, not after 6 steps
     assert third.intermediate_values[2] > max(first.intermediate_values[2], second.intermediate_values[2]) + 0.2
 
     client, _, children = _runs(uri)
     run = next(c for c in children if c.data.tags[TAG_TRIAL] == "2")
     assert run.info.status == "KILLED" and run.data.tags[TAG_STATE] == "PRUNED"
-    assert max(m.step for m in client.get_metric_history(run.info.run_id, M.TRAIN_LOSS)) == 2
+    assert max(m.step for m in client.get_metric_history(run.info.run_id, metric_names.TRAIN_LOSS)) == 2
 
 
 def test_a_benchmark_score_is_reported_while_each_trial_trains(stores):
@@ -189,13 +192,13 @@ def test_grid_sampler_visits_each_point_once(stores):
             "--space", "freeze_vision_encoder=true", "--max_steps", "2", "--pruner", "none"]
     assert _main(stores, "--n_trials", "10", "--study_name", "grid", *grid) == 0  # 10 capped at the grid's 2
     trials = optuna.load_study(study_name="grid", storage=storage).trials
-    assert sorted(t.params["lr_mp"] for t in trials) == [1e-3, 1e-2]
+    assert sorted(t.params["lr_projector"] for t in trials) == [1e-3, 1e-2]
     assert all(t.state.name == "COMPLETE" for t in trials)
 
 
 def test_diverged_trial_counts_as_pruned_and_interrupted_trial_is_queued_again(stores, monkeypatch):
     from nanovlm.train import NonFiniteLoss
-    from sweeps import study as engine
+    from sweeps import objective as engine
 
     storage, uri = stores
     outcomes = iter([NonFiniteLoss("the training loss became nan at step 1"), KeyboardInterrupt()])
@@ -207,6 +210,6 @@ def test_diverged_trial_counts_as_pruned_and_interrupted_trial_is_queued_again(s
     assert _main(stores, "--n_trials", "3", "--study_name", "stops") == 130  # Ctrl-C / SIGTERM
     trials = optuna.load_study(study_name="stops", storage=storage).trials
     assert [t.state.name for t in trials] == ["PRUNED", "FAIL", "WAITING"]
-    assert trials[2].system_attrs["failed_trial"] == 1 and trials[2].params == trials[1].params
+    assert retried_from(trials[2]) == 1 and trials[2].params == trials[1].params
     _, parents, _ = _runs(uri)
     assert parents[0].info.status == "KILLED"

@@ -18,7 +18,7 @@ import optuna
 import pytest
 
 from sweeps.postgres import PostgresUnavailable, find_bindir, free_port, temporary_server
-from sweeps.study import TAG_ROLE, TAG_TRIAL
+from sweeps.names import TAG_ROLE, TAG_TRIAL
 
 ROOT = Path(__file__).resolve().parents[1]
 # 10-step trials: long enough that neither worker can finish all 4 before the other starts

@@ -15,7 +15,8 @@ from pathlib import Path
 import optuna
 
 from sweeps.storage import creation_lock
-from sweeps.study import TAG_RETRIED_FROM, TAG_ROLE, TAG_STATE, TAG_TRIAL
+from sweeps.names import TAG_RETRIED_FROM, TAG_ROLE, TAG_STATE, TAG_TRIAL
+from sweeps.workers import retried_from
 
 ROOT = Path(__file__).resolve().parents[1]
 # Trials of 8 steps with a validation every 2: long enough to be killed in the middle.
@@ -89,7 +90,7 @@ def test_sigkill_mid_trial_then_the_same_command_resumes(tmp_path, mlflow_templa
     states = {t.number: t.state for t in after}
     assert states[killed.number] == State.FAIL
     assert sum(s == State.COMPLETE for s in states.values()) == 2 and sum(s == State.FAIL for s in states.values()) == 1
-    retry = next(t for t in after if t.system_attrs.get("failed_trial") == killed.number)
+    retry = next(t for t in after if retried_from(t) == killed.number)
     assert retry.state == State.COMPLETE and retry.params == killed.params
     for t in after:  # no completed trial lost or redone
         if t.number in completed:
@@ -117,7 +118,7 @@ def test_two_workers_share_one_study(tmp_path, mlflow_template):
     finished = [t for t in trials if t.state in (State.COMPLETE, State.PRUNED)]
     assert 4 <= len(finished) <= 5  # two workers asking at the same instant may start one extra
     assert len({t.user_attrs["worker"] for t in finished}) == 2  # both took part
-    assert len({(t.params["lr_mp"], t.params["lr_backbones"]) for t in finished}) == len(finished)  # no repeats
+    assert len({(t.params["lr_projector"], t.params["lr_backbones"]) for t in finished}) == len(finished)  # no repeats
 
     parents, children = _runs(tmp_path)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"

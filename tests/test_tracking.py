@@ -1,4 +1,4 @@
-"""nanovlm.tracking against a real sqlite MLflow store: buffering, statuses, resume, nesting, orphans."""
+"""nanovlm.tracking against a real sqlite MLflow store: async metrics and flush, statuses, resume, nesting, orphans."""
 
 from __future__ import annotations
 
@@ -8,23 +8,25 @@ import math
 import multiprocessing
 import os
 import signal
+import sqlite3
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from nanovlm import dashboard as D
+from nanovlm import dashboard
 from nanovlm.tracking import (
     HOST_TAG,
     PID_TAG,
     MLflowTracker,
     NullTracker,
     Tracker,
-    _experiment_id,
-    _hub_revision,
     default_tracking_uri,
+    get_or_create_experiment,
     mark_orphans_killed,
 )
+from nanovlm.tracking.inputs import hub_revision
 
 
 def victim(experiment: str, uri: str, go, run_ids) -> None:
@@ -149,8 +151,27 @@ def test_params_tags_and_buffered_metrics(uri, client, experiment, caplog):
 
 def test_metrics_sent_once_interval_passed(uri, client, experiment):
     with MLflowTracker.start(experiment, tracking_uri=uri, flush_every_s=0) as tracker:
-        tracker.log_metrics({"loss": 2.0}, step=5)
+        tracker.log_metrics({"loss": 2.0}, step=5)  # stored in the background, no flush needed
+        deadline = time.monotonic() + 30
+        while not history(client, tracker.run_id, "loss") and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert history(client, tracker.run_id, "loss") == [(5, 2.0)]
+
+
+def test_log_metrics_never_waits_for_the_store_and_flush_does(uri, client, experiment):
+    """What train() relies on: metrics flushed before a checkpoint is saved are in the store, even if the
+    process is SIGKILLed right after; and a slow store does not hold up the training steps."""
+    with MLflowTracker.start(experiment, tracking_uri=uri, flush_every_s=0) as tracker:
+        other = sqlite3.connect(uri[len("sqlite:///"):], isolation_level=None, check_same_thread=False)
+        other.execute("BEGIN EXCLUSIVE")  # another process writing: MLflow waits for the lock
+        threading.Timer(1.0, other.execute, ["COMMIT"]).start()
+        start = time.monotonic()
+        tracker.log_metrics({"loss": 3.0}, step=7)
+        assert time.monotonic() - start < 0.5
+        tracker.flush()
+        assert time.monotonic() - start >= 0.9  # waited for the lock, and so for the write
+        other.close()
+        assert history(client, tracker.run_id, "loss") == [(7, 3.0)]
 
 
 def test_failed_sends_are_retried_and_invalid_keys_dropped(uri, client, experiment, monkeypatch, caplog):
@@ -171,6 +192,16 @@ def test_failed_sends_are_retried_and_invalid_keys_dropped(uri, client, experime
         tracker.log_metrics({"loss": 1.0, "bad key!": 1.0}, step=1)
     assert history(client, tracker.run_id, "loss") == [(0, 2.0), (1, 1.0)]
     assert "will retry" in caplog.text and caplog.text.count("MLflow rejects metric bad key!") == 1
+
+
+def test_a_batch_that_failed_in_the_background_is_stored_at_flush(uri, client, experiment, caplog):
+    with MLflowTracker.start(experiment, tracking_uri=uri, flush_every_s=0) as tracker:
+        tracker.log_metrics({"loss": 2.0, "bad key!": 1.0}, step=0)  # sent at once, rejected by MLflow's thread
+        tracker.flush()  # stored directly: the valid keys get through, the bad one is dropped
+        assert history(client, tracker.run_id, "loss") == [(0, 2.0)]
+        tracker.log_metrics({"loss": 1.0, "bad key!": 1.0}, step=1)
+    assert history(client, tracker.run_id, "loss") == [(0, 2.0), (1, 1.0)]
+    assert caplog.text.count("MLflow rejects metric bad key!") == 1
 
 
 def test_context_manager_statuses(uri, client, experiment):
@@ -253,7 +284,7 @@ def test_experiment_creation_race(uri, client, experiment):
             lookups.append(name)
             return None if len(lookups) == 1 else client.get_experiment_by_name(name)
 
-    assert _experiment_id(LateClient(), experiment, uri) == existing
+    assert get_or_create_experiment(LateClient(), experiment, uri) == existing
     assert len(lookups) == 2
 
 
@@ -261,23 +292,23 @@ def test_experiments_open_on_their_runs_with_a_training_view(uri, client, experi
     with MLflowTracker.start(experiment, tracking_uri=uri) as tracker:
         pass
     tags = client.get_experiment(tracker.experiment_id).tags
-    assert tags[D.KIND_TAG] == D.TRAINING_KIND
-    view = json.loads(tags[D.VIEW_TAG_PREFIX + D.TRAINING_VIEW])
+    assert tags[dashboard.KIND_TAG] == dashboard.TRAINING_KIND
+    view = json.loads(tags[dashboard.VIEW_TAG_PREFIX + dashboard.TRAINING_VIEW])
     state = json.loads(view["state"])
     assert view["name"] == "Training curves"
-    assert [s["name"] for s in state["compareRunSections"]] == list(D.TRAINING_SECTIONS)
+    assert [s["name"] for s in state["compareRunSections"]] == list(dashboard.TRAINING_SECTIONS)
     assert state["compareRunCharts"][0]["metricKey"] == "train/loss"
     # an experiment made before (or by hand) gets the missing tags; a kind someone chose stays
-    older = client.create_experiment(f"{experiment}-old", tags={D.KIND_TAG: "genai_development"})
+    older = client.create_experiment(f"{experiment}-old", tags={dashboard.KIND_TAG: "genai_development"})
     with MLflowTracker.start(f"{experiment}-old", tracking_uri=uri) as tracker:
         assert tracker.experiment_id == older
     tags = client.get_experiment(older).tags
-    assert tags[D.KIND_TAG] == "genai_development" and D.VIEW_TAG_PREFIX + D.TRAINING_VIEW in tags
-    link = D.ui_link(uri, older, view=D.TRAINING_VIEW)
+    assert tags[dashboard.KIND_TAG] == "genai_development" and dashboard.VIEW_TAG_PREFIX + dashboard.TRAINING_VIEW in tags
+    link = dashboard.ui_link(uri, older, view=dashboard.TRAINING_VIEW)
     assert link.startswith(f"http://127.0.0.1:5000/#/experiments/{older}/runs?workflowType=machine_learning")
-    assert tracker.save_view("mine", D.runs_view("Mine", {"Loss": ["train/loss"]})).endswith("viewStateShareKey=mine"
+    assert tracker.save_view("mine", dashboard.runs_view("Mine", {"Loss": ["train/loss"]})).endswith("viewStateShareKey=mine"
                                                                                         "&compareRunsMode=CHART")
-    assert D.VIEW_TAG_PREFIX + "mine" in client.get_experiment(older).tags
+    assert dashboard.VIEW_TAG_PREFIX + "mine" in client.get_experiment(older).tags
 
 
 def test_datasets_are_run_inputs(uri, client, experiment, tmp_path):
@@ -312,9 +343,9 @@ def test_hub_revision_is_read_from_the_datasets_cache():
     class Cached:  # a datasets.Dataset as `datasets` caches a hub dataset: <name>/<config>/<version>/<commit>/
         cache_files = [{"filename": f"/c/org___set/sub/0.0.0/{'0123abcd' * 5}/set-train.arrow"}]
 
-    assert _hub_revision(Cached()) == "0123abcd" * 5
+    assert hub_revision(Cached()) == "0123abcd" * 5
     Cached.cache_files = [{"filename": "/c/parquet/default-1a2b/0.0.0/9f8e7d6c5b4a3921/parquet-train.arrow"}]
-    assert _hub_revision(Cached()) is None and _hub_revision([1, 2]) is None
+    assert hub_revision(Cached()) is None and hub_revision([1, 2]) is None
 
 
 def test_sigkilled_run_is_marked_killed_and_live_runs_are_not(store, uri, client):

@@ -8,7 +8,7 @@ import pytest
 
 from evals.fixtures import write_all
 from experiments.runner import run_experiment
-from nanovlm import metrics as M
+from nanovlm import metrics as metric_names
 from nanovlm.config import ConfigError
 from test_runner import _cfg, _client, _uri
 
@@ -20,7 +20,7 @@ def _history(tmp_path, run_id: str, key: str) -> list[tuple[int, float]]:
 def test_benchmarks_every_n_steps_pick_the_best_checkpoint(tmp_path):
     fixtures = tmp_path / "evalfix"
     write_all(fixtures)
-    best = M.eval_name("mmstar", "average")
+    best = metric_names.eval_name("mmstar", "average")
     cfg = _cfg(tmp_path, eval_tasks="synthetic,mmstar", eval_steps=2, eval_limit=12, eval_data_dir=str(fixtures),
                log_interval=5, validation_steps=5, eval_interval=5, save_checkpoint_steps=5,  # only evaluations read
                best_metric=best, max_steps=6, run_name="bench")
@@ -28,14 +28,14 @@ def test_benchmarks_every_n_steps_pick_the_best_checkpoint(tmp_path):
 
     scores = _history(tmp_path, result.run_id, best)
     assert [step for step, _ in scores] == [2, 4, 6]  # every eval_steps, the last step included
-    assert [s for s, _ in _history(tmp_path, result.run_id, M.eval_name("synthetic", "overall"))] == [2, 4, 6]
+    assert [s for s, _ in _history(tmp_path, result.run_id, metric_names.eval_name("synthetic", "overall"))] == [2, 4, 6]
     # the names and numbers `python -m evals.mmstar` logs: MLflow-safe scores, accuracy and its standard error
     for score in ("accuracy", "accuracy_stderr", "failed"):
-        assert [s for s, _ in _history(tmp_path, result.run_id, M.eval_name("mmstar", score))] == [2, 4, 6], score
+        assert [s for s, _ in _history(tmp_path, result.run_id, metric_names.eval_name("mmstar", score))] == [2, 4, 6], score
     logged = _client(tmp_path).get_run(result.run_id).data.metrics
     categories = [k for k in logged if k.startswith("eval/mmstar/") and " " not in k and "perception" in k]
     assert categories and not [k for k in logged if "&" in k or " " in k]  # "coarse perception" -> coarse_perception
-    assert [s for s, _ in _history(tmp_path, result.run_id, M.eval_name("synthetic_blind", "overall"))] == [2, 4, 6]
+    assert [s for s, _ in _history(tmp_path, result.run_id, metric_names.eval_name("synthetic_blind", "overall"))] == [2, 4, 6]
     # the best checkpoint is the first step with the highest score (ties keep the earlier one)
     top = max(value for _, value in scores)
     meta = json.loads((result.best_checkpoint / "meta.json").read_text())
@@ -45,7 +45,7 @@ def test_benchmarks_every_n_steps_pick_the_best_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("changes,message", [
-    ({"eval_tasks": "mmstr"}, "did you mean 'mmstar'"),
+    ({"eval_tasks": "mmstr"}, "Did you mean mmstar"),
     ({"eval_tasks": "synthetic", "best_metric": "eval/mmstar/average"}, "not a score of --eval_tasks"),
     ({"eval_tasks": "mmstar", "eval_data_dir": "/nonexistent"}, "no mmstar.parquet there"),
 ])
@@ -112,7 +112,7 @@ def test_async_benchmarks_are_logged_to_the_run_at_their_checkpoints_steps(tmp_p
     cfg = _cfg(tmp_path, eval_tasks="mmstar", eval_steps=3, eval_limit=8, eval_data_dir=str(fixtures),
                eval_async=True, max_steps=6, run_name="async")
     result = run_experiment(cfg, tracking_uri=_uri(tmp_path))
-    assert [step for step, _ in _history(tmp_path, result.run_id, M.eval_name("mmstar", "average"))] == [3, 6]
+    assert [step for step, _ in _history(tmp_path, result.run_id, metric_names.eval_name("mmstar", "average"))] == [3, 6]
     assert sorted(p.name for p in (result.run_dir / "checkpoints" / "eval").iterdir()) == ["step-000003",
                                                                                             "step-000006"]
     run = _client(tmp_path).get_run(result.run_id)
