@@ -89,3 +89,19 @@ def model_batch(model, samples, rows: int = 0, width: int = 0, packing: bool = T
     assert consumed == len(samples), "the samples do not fit the rows"
     batch = collate_rows(grouped, width, model.tokenizer.pad_token_id, model.image_token_id, model.arch.image_tokens)
     return model_inputs(batch, torch.device("cpu"))
+
+
+def wait_for_url(url: str, proc, log, timeout: float) -> None:
+    """Poll `url` until it answers; fail with the server's log if `proc` exits or `timeout` s pass."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            return
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, \
+                f"server at {url} did not come up:\n{log.read_text()[-3000:]}"
+            time.sleep(0.3)

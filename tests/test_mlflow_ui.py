@@ -18,8 +18,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -32,6 +30,7 @@ from nanovlm.config import override
 from sweeps import lr
 from sweeps.postgres import free_port
 from sweeps.parent import view_id
+from tests.conftest import wait_for_url
 
 pytestmark = pytest.mark.browser
 
@@ -58,18 +57,6 @@ def _require_browser() -> None:
         if os.environ.get("NANOVLM_SKIP_BROWSER") == "1":
             pytest.skip(message + " (skipped: NANOVLM_SKIP_BROWSER=1)")
         pytest.fail(message + ", or set NANOVLM_SKIP_BROWSER=1 to skip", pytrace=False)
-
-
-def _wait_for_server(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2).read()
-            return
-        except OSError:
-            assert proc.poll() is None and time.monotonic() < deadline, \
-                f"mlflow ui did not come up:\n{log.read_text()[-3000:]}"
-            time.sleep(0.3)
 
 
 def _chromium(profile: Path):
@@ -120,7 +107,7 @@ def ui(tmp_path_factory):
         assert lr.main([*SWEEP, "--storage", f"sqlite:///{tmp}/optuna.db", "--tracking_uri", uri,
                         "--output_dir", str(tmp / "runs")]) == 0
         base = f"http://127.0.0.1:{port}"
-        _wait_for_server(f"{base}/health", server, log)
+        wait_for_url(f"{base}/health", server, log, timeout=120)
         browser = _chromium(tmp / "chromium")
         run = MlflowClient(tracking_uri=uri).get_run(result.run_id)
         yield SimpleNamespace(base=base, experiment_id=run.info.experiment_id, run_id=result.run_id,

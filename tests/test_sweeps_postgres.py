@@ -10,8 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import optuna
@@ -19,6 +17,7 @@ import pytest
 
 from sweeps.postgres import PostgresUnavailable, find_bindir, free_port, temporary_server
 from sweeps.names import TAG_ROLE, TAG_TRIAL
+from tests.conftest import wait_for_url
 
 ROOT = Path(__file__).resolve().parents[1]
 # 10-step trials: long enough that neither worker can finish all 4 before the other starts
@@ -30,18 +29,6 @@ try:
     MISSING = ""
 except PostgresUnavailable as e:
     MISSING = str(e)
-
-
-def _wait_for(url: str, proc: subprocess.Popen, timeout: float, log: Path) -> None:
-    deadline = time.time() + timeout
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2).read()
-            return
-        except OSError:
-            assert proc.poll() is None and time.time() < deadline, f"mlflow server did not come up:\n" \
-                                                                   f"{log.read_text()[-3000:]}"
-            time.sleep(0.5)
 
 
 @pytest.mark.slow
@@ -57,7 +44,7 @@ def test_two_workers_on_postgresql_with_an_mlflow_server(tmp_path):
              "--port", str(port), "--workers", "1"],
             cwd=tmp_path, stdout=open(server_log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            _wait_for(f"http://127.0.0.1:{port}/health", server, 180, server_log)
+            wait_for_url(f"http://127.0.0.1:{port}/health", server, server_log, timeout=180)
             env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}",
                    "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "false", "OMP_NUM_THREADS": "1"}
             # A plain postgresql:// URL, as a user would write it: the psycopg driver is filled in.
