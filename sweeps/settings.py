@@ -11,7 +11,6 @@ validation loss (minimised) or a benchmark score evaluated every --eval_steps (m
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from evals.during_training import SYNTHETIC, task_names
 from experiments.runner import default_run_name
 from nanovlm import metrics as metric_names
 from nanovlm.checks import check_config
-from nanovlm.config import ExperimentConfig, override
+from nanovlm.config import ExperimentConfig, override, suggest
 from nanovlm.data.synthetic import QUESTION_TYPES
 from nanovlm.tracking import default_tracking_uri
 from sweeps import space as search_space
@@ -66,8 +65,7 @@ def default_direction(metric: str) -> str:
 def check_metric(metric: str, cfg: ExperimentConfig) -> None:
     valid = known_metrics(cfg)
     if metric not in valid and not _benchmark_metric(metric, cfg):
-        close = difflib.get_close_matches(metric, valid, n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        hint = f" {suggest(metric, valid, cutoff=0.5)}".rstrip()
         extra = "" if cfg.data.dataset == "synthetic" else " (eval/synthetic/* exist only with --dataset synthetic)"
         raise SweepError(f"--metric {metric!r} is not logged by the trials.{hint} Valid: {', '.join(valid)}{extra}")
 
