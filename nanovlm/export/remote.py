@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from nanovlm.export.smolvlm import UnsupportedExport
+from nanovlm.export.smolvlm import UnsupportedExport, probe_inputs
 
 CODE = {"configuration_nanovlm": ("AutoConfig", "NanoVLMConfig"),
         "modeling_nanovlm": ("AutoModelForImageTextToText", "NanoVLMForConditionalGeneration"),
@@ -51,7 +51,10 @@ def code_files() -> list[Path]:
     return sorted(files)
 
 
-def _add_auto_map(directory: Path) -> None:
+def _add_code(directory: Path) -> None:
+    """The class files, and an auto_map in each config file pointing at them."""
+    for file in code_files():
+        shutil.copy(file, directory / file.name)
     entries = auto_map()
     for name, autos in AUTO_MAP.items():
         path = directory / name
@@ -97,12 +100,7 @@ def remote_logit_difference(model: Any, directory: Path, seed: int = 0) -> float
 
     from safetensors.torch import load_file, save_file
 
-    from nanovlm.data.processors import encode_prompt
-
-    size = model.arch.transform.size
-    pixels = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(seed))
-    ids = torch.tensor([encode_prompt(model.tokenizer, "what colour is the shape?", model.image_placeholder)])
-    mask = torch.ones_like(ids)
+    ids, mask, pixels = probe_inputs(model, seed)
     with tempfile.TemporaryDirectory() as work:
         inputs, result = Path(work) / "inputs.safetensors", Path(work) / "logits.safetensors"
         save_file({"input_ids": ids, "attention_mask": mask, "pixel_values": pixels}, str(inputs))
@@ -121,44 +119,30 @@ def export_remote(checkpoint: str | Path, out: str | Path, atol: float = 1e-4, d
     """Write `checkpoint` with its modelling code to `out` (atomically), after checking the copied code's logits."""
     from nanovlm.files import atomic_directory, write_json
 
-    model = _load_model(checkpoint)
+    model, meta = _load_model(checkpoint), _meta(checkpoint)
     with atomic_directory(out) as tmp:
-        model.save_pretrained(tmp)  # fp32 first: the check compares like with like
-        for file in code_files():
-            shutil.copy(file, tmp / file.name)
-        _add_auto_map(tmp)
+        model.write_files(tmp, meta)  # fp32 first: the check compares like with like
+        _add_code(tmp)
         diff = remote_logit_difference(model, tmp)
         if not diff <= atol:  # also catches NaN
             raise UnsupportedExport(f"the remote-code model's logits differ from the checkpoint's by {diff:.3g} "
                                     f"(> {atol}); not written")
         if dtype != "float32":
-            _store_weights(model.to(getattr(torch, dtype)), tmp)
-        _copy_meta(checkpoint, tmp)
+            model.to(getattr(torch, dtype)).write_files(tmp, meta)
+            _add_code(tmp)  # config.json was written again
         write_json(tmp / "nanovlm_export.json", {"format": "remote", "source": str(Path(checkpoint).resolve()),
                                                  "max_abs_logit_difference_fp32": diff, "dtype": dtype})
     return Path(out)
 
 
 def convert(checkpoint: str | Path, out: str | Path, atol: float = 1e-4, dtype: str = "float32") -> Path:
-    """Re-save a checkpoint (any earlier layout this project wrote) in today's layout."""
+    """Re-save a checkpoint (any earlier layout this project wrote) in today's layout (`atol`: unused, no
+    other code runs it)."""
     model = _load_model(checkpoint)
-    if dtype != "float32":
-        model = model.to(getattr(torch, dtype))
-    meta = Path(checkpoint) / "meta.json"
-    return model.save_pretrained(out, meta=json.loads(meta.read_text()) if meta.is_file() else None)
+    return model.to(getattr(torch, dtype)).save_pretrained(out, meta=_meta(checkpoint))
 
 
-def _store_weights(model: Any, directory: Path) -> None:
-    from safetensors.torch import save_model
-
-    from nanovlm.model.vlm import WEIGHTS
-
-    save_model(model, str(directory / WEIGHTS))
-
-
-def _copy_meta(checkpoint: str | Path, directory: Path) -> None:
-    from nanovlm.export.smolvlm import EXTRA_FILES
-
-    for name in EXTRA_FILES:
-        if (Path(checkpoint) / name).is_file():
-            shutil.copy(Path(checkpoint) / name, directory / name)
+def _meta(checkpoint: str | Path) -> dict[str, Any] | None:
+    """meta.json (the run it came from, for the model card), carried over when present."""
+    path = Path(checkpoint) / "meta.json"
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -228,15 +228,19 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- checking and writing
 
 
-def max_logit_difference(model: Any, hf: Any, seed: int = 0) -> float:
-    """Largest |logit difference| between our model and the export, on a random image and a real prompt."""
+def probe_inputs(model: Any, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A real prompt (ids, mask: (1, T)) and a random image ((1, 3, H, W)): what an export's logits are checked on."""
     from nanovlm.data.processors import encode_prompt
 
-    generator = torch.Generator().manual_seed(seed)
     size = model.arch.transform.size
-    pixels = torch.randn(1, 3, size, size, generator=generator)
+    pixels = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(seed))
     ids = torch.tensor([encode_prompt(model.tokenizer, "what colour is the shape?", model.image_placeholder)])
-    mask = torch.ones_like(ids)
+    return ids, torch.ones_like(ids), pixels
+
+
+def max_logit_difference(model: Any, hf: Any, seed: int = 0) -> float:
+    """Largest |logit difference| between our model and the export, on a random image and a real prompt."""
+    ids, mask, pixels = probe_inputs(model, seed)
     with torch.no_grad():
         ours = model.logits(ids, mask, pixels)
         theirs = hf(input_ids=ids, attention_mask=mask, pixel_values=pixels[:, None]).logits

@@ -1,7 +1,7 @@
 """Putting image features into the LM's input embeddings: one implementation for training and transformers.
 
-    class MyVLM(ImageTextEmbedding, nn.Module): ...   # needs .vision .projector .lm .image_token_id
-    embeds = model.embed(input_ids, images)           # (B, T) ids + (N, 3, H, W) -> (B, T, D)         .image_tokens .embed_scale
+    class MyVLM(ImageTextEmbedding, nn.Module): ...   # with .vision .projector .lm .image_token_id .image_tokens .embed_scale
+    embeds = model.embed(input_ids, images)           # (B, T) ids + (N, 3, H, W) -> (B, T, D)
 
 Used by the training model (`nanovlm.model.vlm.VisionLanguageModel`) and by the transformers model
 (`nanovlm.model.modeling_nanovlm`); torch only, so an export can copy it into a checkpoint.
