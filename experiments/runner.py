@@ -47,7 +47,8 @@ class RunResult:
     metrics: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
-        keys = [metric_names.TRAIN_LOSS, metric_names.VAL_LOSS, metric_names.BEST_VAL_LOSS] + sorted(k for k in self.metrics if k.startswith("eval/"))
+        keys = [metric_names.TRAIN_LOSS, metric_names.VAL_LOSS, metric_names.BEST_VAL_LOSS]
+        keys += sorted(k for k in self.metrics if k.startswith("eval/"))
         shown = ", ".join(f"{k}={self.metrics[k]:.4g}" for k in keys if k in self.metrics)
         return f"{shown}; checkpoint {self.checkpoint}"
 

@@ -130,7 +130,8 @@ def _duration(record: RunRecord) -> str:
 
 
 def usage_snippet(repo_id: str, fmt: str | None, image_tokens: int) -> str:
-    setup = {"smolvlm": ("# pip install transformers num2words torchvision   (SmolVLMProcessor needs both, as for any SmolVLM)", "", ""),
+    setup = {"smolvlm": ("# pip install transformers num2words torchvision   (SmolVLMProcessor needs both, as for any "
+                         "SmolVLM)", "", ""),
              "remote": ("# pip install transformers pillow   (the model's code comes with the repository)", "",
                         ", trust_remote_code=True")}
     install, extra_import, kwargs = setup.get(fmt or "", (

@@ -153,11 +153,12 @@ class VisionLanguageModel(ImageTextEmbedding, nn.Module):
         """The transformers config: both backbones' configs, how they are joined, and the project's own config."""
         arch = self.arch
         # As dicts: a config object passed in would be shared, and NanoVLMConfig sets (None) attention on its parts.
-        return NanoVLMConfig(vision_config=arch.vision_config.to_dict(), text_config=self.lm.config.to_dict(), image_token=self.cfg.image_token,
-                             image_token_id=self.image_token_id, image_size=arch.transform.size,
-                             pixel_shuffle_factor=arch.factor, image_tokens=arch.image_tokens,
-                             vision_prefix_tokens=arch.prefix_tokens, architectures=[HF_ARCHITECTURE],
-                             model=to_dict(self.cfg), sources={"vision": arch.vision_source, "language": arch.language_source})
+        return NanoVLMConfig(vision_config=arch.vision_config.to_dict(), text_config=self.lm.config.to_dict(),
+                             image_token=self.cfg.image_token, image_token_id=self.image_token_id,
+                             image_size=arch.transform.size, pixel_shuffle_factor=arch.factor,
+                             image_tokens=arch.image_tokens, vision_prefix_tokens=arch.prefix_tokens,
+                             architectures=[HF_ARCHITECTURE], model=to_dict(self.cfg),
+                             sources={"vision": arch.vision_source, "language": arch.language_source})
 
     def processor(self) -> NanoVLMProcessor:
         """The transformers processor giving this model's exact pixels and prompt ids."""
