@@ -10,6 +10,7 @@ GRAD_NORM = "train/grad_norm"
 SAMPLES_PER_S = "train/samples_per_s"
 TOKENS_PER_S = "train/tokens_per_s"
 PEAK_MEMORY_MB = "train/peak_memory_mb"
+MFU = "train/mfu"  # model FLOPs (nanovlm.flops.FLOPS_FORMULA) / time / the GPU's dense bf16 peak, 0..1; known GPUs only
 DATA_WAIT_S = "train/data_wait_s"  # host time spent waiting for the step's batches: a starved device shows here
 PADDING_FRACTION = "train/padding_fraction"  # token slots in the rows that hold no sample
 BLANK_IMAGE_FRACTION = "train/blank_image_fraction"  # images added to reach a bucket size (vision compute only)

@@ -34,6 +34,7 @@ from nanovlm.config import ConfigError, ExperimentConfig, to_dict
 from nanovlm.data.collate import ResumableSampler
 from nanovlm.data.packing import bucket, collate_rows, model_inputs, pack
 from nanovlm.distributed import Dist
+from nanovlm.flops import FlopsCounter, peak_tflops
 from nanovlm.optim import apply_freezing, build_optimizer, set_lr, set_train_mode
 from nanovlm.step import autocast_for, prepare, train_step
 from nanovlm.tracking import NullTracker, Tracker
@@ -162,9 +163,14 @@ def train(model: Any, train_set: Any, val_set: Any, cfg: ExperimentConfig, run_d
     val_indices = range(dist.rank, len(val_set), dist.world_size)
     val_batches = lambda: batches(_samples(val_set, val_indices, min(workers, 2)), model, cfg, device)  # noqa: E731
 
+    # MFU on GPUs of known peak: model FLOPs (nanovlm.flops.FLOPS_FORMULA) of this rank's batches / time / peak
+    flops_of = FlopsCounter(model, tc)
+    peak = peak_tflops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+
     progress = tqdm(total=tc.max_steps, initial=state.step, disable=not dist.is_main, desc="train", dynamic_ncols=True)
     unread: list[tuple[int, torch.Tensor, dict[str, float]]] = []  # (step, device numbers, host numbers)
-    window = {"samples": 0, "tokens": 0, "slots": 0, "images": 0, "image_slots": 0, "start": time.perf_counter()}
+    window = {"samples": 0, "tokens": 0, "slots": 0, "images": 0, "image_slots": 0, "flops": 0,
+              "start": time.perf_counter()}
     while state.step < tc.max_steps:
         lrs = set_lr(optimizer, state.step, tc)
         set_train_mode(model, tc, True)
@@ -184,6 +190,7 @@ def train(model: Any, train_set: Any, val_set: Any, cfg: ExperimentConfig, run_d
                 micro_batches.append(batch)
                 for key in ("samples", "tokens", "slots", "images", "image_slots"):
                     window[key] += batch["stats"][key]
+                window["flops"] += flops_of(batch["stats"]).total
         data_wait = time.perf_counter() - t0
 
         numbers = train_step(step_model, model, optimizer, [model_inputs(b, device) for b in micro_batches],
@@ -215,6 +222,8 @@ def train(model: Any, train_set: Any, val_set: Any, cfg: ExperimentConfig, run_d
                         metric_names.PADDING_FRACTION: 1 - window["tokens"] / max(1, window["slots"]),
                         metric_names.BLANK_IMAGE_FRACTION: 1 - window["images"] / max(1, window["image_slots"]),
                         metric_names.PEAK_MEMORY_MB: peak_memory_mb(device), metric_names.DATA_SKIPPED: state.skipped}
+        if peak:
+            step_metrics[metric_names.MFU] = window["flops"] / elapsed / (peak * 1e12)
         loss = values[-1][0]
         unread = []
         window.update({key: 0 for key in window} | {"start": time.perf_counter()})
@@ -250,7 +259,8 @@ def train(model: Any, train_set: Any, val_set: Any, cfg: ExperimentConfig, run_d
                 save_training_checkpoint(run_dir, model, optimizer, state, keep=tc.keep_checkpoints)
             dist.barrier()
         progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lrs.get('projector', 0):.2e}",
-                             samples_s=f"{step_metrics[metric_names.SAMPLES_PER_S]:.1f}")
+                             samples_s=f"{step_metrics[metric_names.SAMPLES_PER_S]:.1f}",
+                             **({"mfu": f"{step_metrics[metric_names.MFU]:.1%}"} if peak else {}))
     progress.close()
     model.lm.set_attn_implementation(inference_attention)
     if math.isinf(state.best_val_loss):

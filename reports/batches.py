@@ -1,7 +1,7 @@
 """Synthetic micro-batches in exactly the training format, for timing a training step.
 
     batch = synthetic_batch(model, batch_size=4, seq_len=2048, packed=True, sample_len=256)
-    batch["stats"]["sample_lens"]                  # the length of every sample, for the FLOPs count
+    batch["stats"]["sample_lens"]                  # the length of every sample (collate_rows), for the FLOPs count
 
 Synthetic processed samples (random token ids with one image's placeholder block at the start,
 labels = the ids with the image tokens ignored, random pixels at the encoder's input size), grouped
@@ -63,13 +63,11 @@ def synthetic_batch(model: Any, batch_size: int, seq_len: int, packed: bool = Fa
     """One micro-batch of `batch_size` rows of `seq_len` tokens, made by `pack` and `collate_rows` (CPU tensors).
 
     Unpacked: a row is one sample of seq_len tokens. Packed: a row holds seq_len // sample_len
-    samples of sample_len tokens. `stats` gains `sample_lens`, the length of every sample.
+    samples of sample_len tokens.
     """
     length, per_row = batch_layout(model.arch.image_tokens, seq_len, packed, sample_len)
     g = torch.Generator().manual_seed(seed)
     samples = [synthetic_sample(model, length, g) for _ in range(batch_size * per_row)]
     (rows, consumed, _), = list(pack(samples, batch_size, seq_len, packing=packed))
     assert consumed == len(samples) and all(len(row) == per_row for row in rows)
-    batch = collate_rows(rows, seq_len, model.tokenizer.pad_token_id, model.image_token_id, model.arch.image_tokens)
-    batch["stats"]["sample_lens"] = [len(s["input_ids"]) for row in rows for s in row]
-    return batch
+    return collate_rows(rows, seq_len, model.tokenizer.pad_token_id, model.image_token_id, model.arch.image_tokens)

@@ -2,6 +2,7 @@
 
     result = measure(cfg, batch_size=1, seq_len=128, steps=2, warmup=1, device="cpu")
     result = measure(cfg, batch_size=4, seq_len=2048, packed=True, sample_len=256, device="cuda")
+    result = measure(cfg, ..., trace="trace.txt")  # then 3 more steps under torch.profiler: where the time goes
     result.metrics, result.tags                      # what reports.profile logs to MLflow
 
     python -m reports.measure CONFIG.json RESULT.json [--batch_size 4 --seq_len 2048 --packed --sample_len 256 ...]
@@ -21,7 +22,7 @@ after `warmup` untimed ones is reported. Data loading and the host-to-device cop
 
 The parts, one module each: the micro-batch is `reports.batches.synthetic_batch` (the training
 format, packed or not), peak memory `reports.memory.PeakMemory` (of the profiled steps, warm-up
-included), model FLOPs and the GPUs' peaks `reports.flops`, parameter counts (not measured here,
+included), model FLOPs and the GPUs' peaks `nanovlm.flops`, parameter counts (not measured here,
 no model needed) `reports.param_counts`. Throughput counts sample tokens (image tokens included,
 row padding not) and samples, as the training loop does.
 """
@@ -46,7 +47,7 @@ from nanovlm.optim import apply_freezing, build_optimizer, set_train_mode
 from nanovlm.provenance import device_description
 from reports import names as report_names
 from reports.batches import DEFAULT_SAMPLE_LEN, synthetic_batch
-from reports.flops import model_flops, peak_tflops
+from nanovlm.flops import FlopsCounter, peak_tflops
 from reports.memory import PeakMemory
 
 
@@ -90,7 +91,7 @@ class _OptimizerClock:
 
 def measure(cfg: ExperimentConfig, batch_size: int = 1, seq_len: int = 128, steps: int = 2, warmup: int = 1,
             grad_accum: int = 1, device: str = "cpu", peak_tflops_override: float | None = None,
-            packed: bool = False, sample_len: int = DEFAULT_SAMPLE_LEN) -> Measurement:
+            packed: bool = False, sample_len: int = DEFAULT_SAMPLE_LEN, trace: str | None = None) -> Measurement:
     """Build `cfg`'s model at real size with random weights and time `steps` calls of
     `nanovlm.step.train_step` after `warmup` untimed ones (see the module docstring).
 
@@ -98,7 +99,8 @@ def measure(cfg: ExperimentConfig, batch_size: int = 1, seq_len: int = 128, step
     without building anything.
     A step is `grad_accum` micro-steps of `batch_size` rows of `seq_len` tokens (one sample per
     row, or seq_len // sample_len samples with `packed`), then clipping and the AdamW step.
-    Throughput uses the median step time.
+    Throughput uses the median step time. With `trace`, 3 more steps run under torch.profiler
+    afterwards (not timed) and `write_trace` saves where their time went.
     """
     from nanovlm import step as training_step  # looked up at call time: the step the training loop uses, whatever it is now
     from nanovlm.model.vlm import build_vlm
@@ -139,14 +141,16 @@ def measure(cfg: ExperimentConfig, batch_size: int = 1, seq_len: int = 128, step
             fb_times.append(fb)
             opt_times.append(opt)
             outs.append(out)
+        if trace:
+            write_trace(lambda: training_step.train_step(step_model, model, optimizer, micro_batches, autocast,
+                                                         cfg.train.max_grad_norm), dev, 3, trace)
     timed = slice(warmup, None)
     step_s = statistics.median(step_times[timed])
     last_loss, _, _ = outs[-1].tolist()
     skipped = int(sum(o[2] for o in torch.stack(outs).tolist()))
 
     samples, tokens = stats["samples"] * grad_accum, stats["tokens"] * grad_accum
-    micro = model_flops(model, cfg.train, stats["sample_lens"], stats["loss_tokens"], stats["images"])
-    flops = micro.total * grad_accum
+    flops = FlopsCounter(model, cfg.train)(stats).total * grad_accum
     metrics: dict[str, float] = {
         metric_names.SAMPLES_PER_S: samples / step_s,
         metric_names.TOKENS_PER_S: tokens / step_s,
@@ -179,6 +183,30 @@ def measure(cfg: ExperimentConfig, batch_size: int = 1, seq_len: int = 128, step
     return Measurement(metrics, tags)
 
 
+def write_trace(run_step: Any, device: torch.device, steps: int, path: str) -> None:
+    """Run `steps` steps under torch.profiler and write, to `path`: the wall time against the time the
+    GPU spent in kernels (a step whose kernels fill a small part of its wall time is host-bound),
+    then the operators by device time and by host (CPU) time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    _sync(device)
+    started = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]) as prof:
+        for _ in range(steps):
+            run_step()
+        _sync(device)
+    wall = time.perf_counter() - started
+    averages = prof.key_averages()
+    lines = [f"{steps} steps: {wall / steps * 1e3:.1f} ms wall per step"]
+    if cuda:
+        busy = sum(e.self_device_time_total for e in averages) / 1e6  # kernels' own time, microseconds -> s
+        lines[0] += f", GPU kernels {busy / steps * 1e3:.1f} ms per step ({100 * busy / wall:.0f}% of the wall time)"
+        lines += ["", "By GPU time:", averages.table(sort_by="self_device_time_total", row_limit=30, max_name_column_width=70)]
+    lines += ["", "By host time:", averages.table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=70)]
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m reports.measure",
                                 description="Profile one resolved config (reports.profile runs it once per row).")
@@ -193,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grad_accum", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--peak_tflops", type=float, default=None)
+    p.add_argument("--trace", default=None, help="also profile 3 steps with torch.profiler and write the tables here")
     a = p.parse_args(argv)
     try:
         cfg = from_dict(ExperimentConfig, json.loads(Path(a.config).read_text()))
@@ -202,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         result = measure(cfg, a.batch_size, a.seq_len, a.steps, a.warmup, a.grad_accum, a.device, a.peak_tflops,
-                         a.packed, a.sample_len)
+                         a.packed, a.sample_len, a.trace)
     except ValueError as e:  # a layout that holds no sample, or a count below 1: the message says which
         print(f"error: {e}", file=sys.stderr)
         return 2

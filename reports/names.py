@@ -34,7 +34,7 @@ STEP_TIME_S = "profile/step_time_s"  # median wall time of one nanovlm.step.trai
 # clipping was counted in OPTIMIZER_S), and the AdamW step itself.
 FORWARD_BACKWARD_S = "profile/forward_backward_s"  # median: micro-steps' forward/backward + clipping
 OPTIMIZER_S = "profile/optimizer_s"  # median: the (fused) AdamW step
-MODEL_FLOPS_PER_STEP = "profile/model_flops_per_step"  # reports.flops.FLOPS_FORMULA (attention per sample)
+MODEL_FLOPS_PER_STEP = "profile/model_flops_per_step"  # nanovlm.flops.FLOPS_FORMULA (attention per sample)
 ACHIEVED_TFLOPS = "profile/achieved_tflops"  # model FLOPs per second / 1e12
 MFU = "profile/mfu"  # achieved / peak FLOPS of the device, 0..1; only where the peak is known
 WALL_S = "profile/wall_s"  # the whole row: meta count, fresh process, model build, all steps

@@ -70,6 +70,8 @@ def _worker_command(config_path: Path, result_path: Path, a: argparse.Namespace)
         cmd += ["--packed", "--sample_len", str(a.sample_len)]
     if a.peak_tflops:
         cmd += ["--peak_tflops", str(a.peak_tflops)]
+    if a.trace:
+        cmd += ["--trace", a.trace]
     return cmd
 
 
@@ -102,7 +104,7 @@ def _in_process(cfg: ExperimentConfig, a: argparse.Namespace) -> tuple[dict[str,
 
     try:
         r = measure(cfg, a.batch_size, a.seq_len, a.steps, a.warmup, a.grad_accum, a.device, a.peak_tflops,
-                    a.packed, a.sample_len)
+                    a.packed, a.sample_len, a.trace)
     except Exception as e:  # reported as a FAILED run, like a worker's failure
         return None, f"{type(e).__name__}: {e}"
     return {"metrics": r.metrics, "tags": r.tags}, ""
@@ -116,7 +118,7 @@ def profile_row(name: str, cfg: ExperimentConfig, a: argparse.Namespace, common_
     process with --in_process). Another one can log measurements taken elsewhere.
     """
     from nanovlm.tracking import MLflowTracker
-    from reports.flops import FLOPS_FORMULA
+    from nanovlm.flops import FLOPS_FORMULA
     from reports.param_counts import count_parameters
 
     import torch
@@ -133,6 +135,9 @@ def profile_row(name: str, cfg: ExperimentConfig, a: argparse.Namespace, common_
               "profile.packed": a.packed, "profile.sample_len": a.sample_len if a.packed else a.seq_len,
               "profile.steps": a.steps, "profile.warmup": a.warmup, "profile.grad_accum": a.grad_accum,
               "profile.device": a.device, "profile.isolated": not a.in_process}
+    if a.trace_dir:  # where this row's step time goes (torch.profiler tables), next to the other rows'
+        os.makedirs(a.trace_dir, exist_ok=True)
+        a = argparse.Namespace(**{**vars(a), "trace": os.path.abspath(os.path.join(a.trace_dir, f"{run_name}.txt"))})
     tracker = MLflowTracker.start(a.experiment, run_name, tags=tags, tracking_uri=a.tracking_uri, system_metrics=False)
     with tracker:
         tracker.log_params(params)
@@ -179,9 +184,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tracking_uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
     p.add_argument("--experiment", default=report_names.EXPERIMENT, help="MLflow experiment of the profile runs")
     p.add_argument("--timeout_s", type=float, default=1800, help="give up on a row after this long (0 = never)")
+    p.add_argument("--trace_dir", default=None,
+                   help="after timing, profile 3 more steps of each row with torch.profiler and write the GPU and host "
+                        "time by operator to DIR/<run name>.txt (is the step host-bound, and on what?)")
     p.add_argument("--in_process", action="store_true",
                    help="measure in this process (faster to start; CPU peak memory then includes earlier rows)")
     a = p.parse_args(argv)
+    a.trace = None  # the row's file under --trace_dir, set per row
     if a.device == "auto":
         import torch
 

@@ -29,7 +29,7 @@ export HF_HUB_OFFLINE=1
 #       accumulation): about 30 GB for the largest by our estimate (the `default` preset's
 #       1024-patch SigLIP2 images and 8192 LM tokens), well inside 80 GB;
 #   --timeout_s 600: a row that hangs or compiles for too long fails alone, with its reason.
-# Each row prints and logs tokens/s, samples/s, MFU (model FLOPs by reports.flops.FLOPS_FORMULA
+# Each row prints and logs tokens/s, samples/s, MFU (model FLOPs by nanovlm.flops.FLOPS_FORMULA
 # over the GPU's dense bf16 peak) and the peak CUDA memory allocated during the profiled steps.
 python -m reports.profile \
     --presets original_small,default,dinov3_gemma,dinov3b_smollm,dinov3l_gemma \

@@ -1,6 +1,6 @@
 """CUDA paths: the packed, compiled, sync-free training step with bf16 autocast, FlexAttention and the
 fused loss; real-size memory. Skipped (with a reason) on machines without a GPU; run on one with
-`python -m pytest -q -m gpu tests/test_gpu.py tests/test_loss.py`."""
+`python -m pytest -q -m gpu tests/test_gpu.py tests/test_loss.py tests/test_reports.py` (or scripts/gpu_check.sh)."""
 
 from __future__ import annotations
 
@@ -26,9 +26,17 @@ def test_tiny_run_on_cuda_packed_compiled_and_flex(tmp_path):
     cfg = override(get_preset("tiny"), {"max_steps": 20, "validation_steps": 10, "eval_interval": 10,
                                         "save_checkpoint_steps": 10, "train_samples": 400, "val_samples": 32,
                                         "device": "cuda", "output_dir": str(tmp_path)})  # compile/attention: auto
-    result = run_experiment(cfg, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = run_experiment(cfg, tracking_uri=uri)
     assert math.isfinite(result.metrics[metric_names.VAL_LOSS])
     assert result.metrics[metric_names.TRAIN_LOSS] < 6.0
+    from mlflow import MlflowClient
+
+    from nanovlm.flops import peak_tflops
+
+    mfu = [m.value for m in MlflowClient(uri).get_metric_history(result.run_id, metric_names.MFU)]
+    known = peak_tflops(torch.cuda.get_device_name()) is not None
+    assert len(mfu) == (2 if known else 0) and all(0 < v < 1 for v in mfu)  # every log_interval (10 steps)
 
 
 def _model(language: str):

@@ -19,7 +19,7 @@ from experiments.presets import get_preset
 from nanovlm import metrics as metric_names
 from reports import names as report_names
 from reports import profile, size_table
-from reports.flops import model_flops, peak_tflops
+from nanovlm.flops import model_flops, peak_tflops
 from reports.param_counts import count_parameters
 from reports.rows import collect_rows, select_evals
 from reports.runs import load_runs

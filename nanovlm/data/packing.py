@@ -141,7 +141,8 @@ def collate_rows(rows: list[list[dict[str, torch.Tensor]]], width: int, pad_id: 
         pixels = torch.cat([pixels, pixels.new_zeros((n_pad - n_images, *pixels.shape[1:]))])
     samples = sum(len(row) for row in rows)
     stats = {"samples": samples, "tokens": n_tokens, "slots": n_rows * width, "loss_tokens": n_loss,
-             "loss_slots": a_pad, "images": n_images, "image_slots": n_pad if n_images else 0}
+             "loss_slots": a_pad, "images": n_images, "image_slots": n_pad if n_images else 0,
+             "sample_lens": [len(s["input_ids"]) for row in rows for s in row]}  # for the FLOPs count (MFU)
     return {"input_ids": input_ids, "position_ids": position_ids, "sequence_ids": sequence_ids, "images": pixels,
             "image_slots": image_slots, "loss_positions": loss_positions, "loss_targets": loss_targets,
             "stats": stats}

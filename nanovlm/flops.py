@@ -2,7 +2,11 @@
 
     micro = model_flops(model, cfg.train, sample_lens=[256] * 8, loss_tokens=1536)   # one micro-step
     micro.total * grad_accum / step_s / (peak_tflops("NVIDIA H100 80GB HBM3") * 1e12) # MFU
+    counter = FlopsCounter(model, cfg.train); counter(batch["stats"]).total         # per batch, cheap
     FLOPS_FORMULA                                  # the formula in words, logged as a profile's tag
+
+The training loop logs `train/mfu` with a `FlopsCounter` (the model's sizes are read once, so a
+batch costs a few multiplications); `reports.measure` uses the same count for `profile/mfu`.
 
 `model` may be built on the meta device: only parameter shapes and the architecture are read.
 Model FLOPs are counted per sample (attention stays inside a sample, also in a packed row) and
@@ -87,6 +91,43 @@ class FlopsBreakdown:
         return self.vision + self.projector + self.language + self.head
 
 
+class FlopsCounter:
+    """FLOPS_FORMULA for one model and freezing: sizes read once, then `counter(stats)` per micro-batch."""
+
+    def __init__(self, model: Any, train_cfg: TrainConfig):
+        arch = model.arch
+        trained = {part: rate > 0 for part, rate in group_rates(train_cfg).items()}
+        # Gradients flow back from the loss to the first trained part: vision -> projector -> language.
+        k_vision = 3 if trained["vision"] else 1
+        k_projector = 3 if trained["projector"] else (2 if trained["vision"] else 1)
+        self.k_language = 3 if trained["language"] else (2 if trained["vision"] or trained["projector"] else 1)
+
+        vision_tokens = arch.grid ** 2 + arch.prefix_tokens
+        vision_params = _unique_params(model.vision, _embedding_param_ids(model.vision))
+        vision_cfg = arch.vision_config
+        self.per_image_vision = k_vision * (2 * vision_params * vision_tokens + 4 * vision_cfg.num_hidden_layers
+                                            * _attention_width(vision_cfg) * vision_tokens ** 2)
+        self.per_image_projector = k_projector * 2 * _unique_params(model.projector) * arch.image_tokens
+
+        lm = model.lm
+        head = lm.get_output_embeddings().weight
+        self.body_params = _unique_params(lm, _embedding_param_ids(lm) | {id(head)})
+        self.attention = 4 * lm.config.num_hidden_layers * _attention_width(lm.config)
+        self.head_params = head.numel()
+
+    def count(self, sample_lens: Sequence[int], loss_tokens: int, images: int | None = None) -> FlopsBreakdown:
+        """FLOPs of one micro-step over samples of `sample_lens` tokens (see `model_flops`)."""
+        n_images = len(sample_lens) if images is None else images
+        squares = sum(n * n for n in sample_lens)  # attention per sample, not per row
+        body = 2 * self.body_params * sum(sample_lens) + self.attention * squares
+        return FlopsBreakdown(vision=n_images * self.per_image_vision, projector=n_images * self.per_image_projector,
+                              language=self.k_language * body, head=self.k_language * 2 * self.head_params * loss_tokens)
+
+    def __call__(self, stats: dict[str, Any]) -> FlopsBreakdown:
+        """FLOPs of a micro-batch from its collated `stats` (`nanovlm.data.packing.collate_rows`)."""
+        return self.count(stats["sample_lens"], stats["loss_tokens"], stats["images"])
+
+
 def model_flops(model: Any, train_cfg: TrainConfig, sample_lens: Sequence[int], loss_tokens: int,
                 images: int | None = None) -> FlopsBreakdown:
     """FLOPs of one micro-step (forward + backward) by FLOPS_FORMULA; `model` may be on the meta device.
@@ -95,29 +136,4 @@ def model_flops(model: Any, train_cfg: TrainConfig, sample_lens: Sequence[int], 
     (attention is per sample); `loss_tokens` = positions with a loss in the micro-step (the LM head
     only runs on those); `images` = images in the micro-step, by default one per sample.
     """
-    arch = model.arch
-    rates = group_rates(train_cfg)
-    trained = {part: rate > 0 for part, rate in rates.items()}
-    # Gradients flow back from the loss to the first trained part: vision -> projector -> language.
-    k_vision = 3 if trained["vision"] else 1
-    k_projector = 3 if trained["projector"] else (2 if trained["vision"] else 1)
-    k_language = 3 if trained["language"] else (2 if trained["vision"] or trained["projector"] else 1)
-    n_images = len(sample_lens) if images is None else images
-
-    vision_tokens = arch.grid ** 2 + arch.prefix_tokens
-    vision_params = _unique_params(model.vision, _embedding_param_ids(model.vision))
-    vision_cfg = arch.vision_config
-    vision = 2 * vision_params * vision_tokens + 4 * vision_cfg.num_hidden_layers * _attention_width(vision_cfg) * vision_tokens ** 2
-
-    projector = 2 * _unique_params(model.projector) * arch.image_tokens
-
-    lm = model.lm
-    head = lm.get_output_embeddings().weight
-    skip = _embedding_param_ids(lm) | {id(head)}
-    lm_cfg = lm.config
-    tokens = sum(sample_lens)
-    squares = sum(n * n for n in sample_lens)  # attention per sample, not per row
-    body = 2 * _unique_params(lm, skip) * tokens + 4 * lm_cfg.num_hidden_layers * _attention_width(lm_cfg) * squares
-    head_flops = 2 * head.numel() * loss_tokens
-    return FlopsBreakdown(vision=n_images * k_vision * vision, projector=n_images * k_projector * projector,
-                          language=k_language * body, head=k_language * head_flops)
+    return FlopsCounter(model, train_cfg).count(sample_lens, loss_tokens, images)

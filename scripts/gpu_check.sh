@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# The GPU checks of issue 9 in one short sitting on one GPU (about 8 minutes on an H100/H200):
+#
+#     scripts/gpu_check.sh OUT_DIR [BUDGET_S]          # default budget 480 s
+#
+# Stages, most important first. Each has its own time limit, cut to what is left of the budget;
+# a stage that would start with under 45 s left is skipped and says so.
+#   1. profile_small  reports.profile original_small: 4 packed rows of 2048 tokens (8 samples of 256),
+#                     compiled blocks, bf16; then 3 steps under torch.profiler (OUT_DIR/traces/)
+#   2. tests          pytest -m gpu tests/test_gpu.py tests/test_loss.py tests/test_reports.py
+#   3. run            experiments.run original_small --random_init on the synthetic set: packed
+#                     4 x 2048-token rows, 8 DataLoader workers, 60 steps; train/mfu every 10 steps
+#   4. profile_more   stage 1 for dinov3_gemma and default
+# Logs go to OUT_DIR/<stage>.log, and the lines the README quotes to OUT_DIR/summary.txt.
+# Work files (MLflow store, run folders) go to a temporary folder; the checkout is not written to.
+set -uo pipefail
+
+out="$(mkdir -p "${1:?usage: scripts/gpu_check.sh OUT_DIR [BUDGET_S]}" && cd "$1" && pwd)"
+budget="${2:-480}"
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+export MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false
+work="$(mktemp -d)"
+export MLFLOW_TRACKING_URI="sqlite:///$work/mlflow.db"
+cd "$work"
+start=$SECONDS
+summary="$out/summary.txt"
+
+stage() {  # stage NAME LIMIT_S COMMAND...: run it with the smaller of its limit and the time left
+    local name=$1 limit=$2 left=$((budget - (SECONDS - start)))
+    shift 2
+    if ((left < 45)); then
+        echo "== $name: skipped, ${left} s of the budget left" | tee -a "$summary"
+        return
+    fi
+    ((limit > left)) && limit=$left
+    echo "== $name (limit ${limit} s, at $((SECONDS - start)) s)"
+    timeout -k 10 "$limit" "$@" >"$out/$name.log" 2>&1
+    local rc=$?
+    echo "== $name: exit $rc after $((SECONDS - start)) s" | tee -a "$summary"
+    tail -n 15 "$out/$name.log"
+}
+
+{
+    echo "date: $(date -u +%F)"
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    python3 -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, '| transformers', transformers.__version__)"
+    python3 -c "import liger_kernel, importlib.metadata as m; print('liger-kernel', m.version('liger-kernel'))" 2>/dev/null ||
+        echo "liger-kernel: not installed"
+    echo "cpus: $(nproc)"
+} | tee "$summary"
+
+profile=(python3 -m reports.profile --device cuda --packed --seq_len 2048 --sample_len 256 --batch_size 4
+         --steps 10 --warmup 3 --trace_dir "$out/traces")
+stage profile_small 120 "${profile[@]}" --presets original_small
+stage tests 170 python3 -m pytest -q -p no:cacheprovider -m gpu "$root/tests/test_gpu.py" "$root/tests/test_loss.py" \
+    "$root/tests/test_reports.py"
+stage run 150 python3 -m experiments.run original_small --random_init --experiment gpu_check --output_dir "$work/runs" \
+    --max_length 2048 --batch_size 4 --packing --num_workers 8 --max_steps 60 --log_interval 10 \
+    --train_samples 8000 --val_samples 64 --validation_steps 1000 --best_checkpoint_steps 1000 \
+    --save_checkpoint_steps 1000
+# The run's throughput per logging window (the first one includes compilation).
+python3 - >>"$out/run.log" 2>&1 <<'EOF'
+from mlflow import MlflowClient
+
+client = MlflowClient()
+experiment = client.get_experiment_by_name("gpu_check")
+for run in client.search_runs([experiment.experiment_id]) if experiment else []:
+    print("run", run.info.run_name, run.info.status)
+    names = ["train/mfu", "train/samples_per_s", "train/tokens_per_s", "train/padding_fraction",
+             "train/blank_image_fraction", "train/peak_memory_mb", "train/loss"]
+    for name in names:
+        history = sorted(client.get_metric_history(run.info.run_id, name), key=lambda m: m.step)
+        print(f"{name:<28}", " ".join(f"{m.step}:{m.value:.4g}" for m in history))
+    waits = sorted(client.get_metric_history(run.info.run_id, "train/data_wait_s"), key=lambda m: m.step)
+    late = [m.value for m in waits if m.step > 10]
+    if late:
+        print(f"train/data_wait_s after step 10: mean {sum(late) / len(late) * 1e3:.1f} ms, max {max(late) * 1e3:.1f} ms")
+EOF
+stage profile_more 150 "${profile[@]}" --presets dinov3_gemma,default
+
+{
+    echo "-- profile rows"
+    grep -h -E "^  [a-z0-9_]+ " "$out/profile_small.log" "$out/profile_more.log" 2>/dev/null
+    echo "-- step time vs GPU kernel time (torch.profiler)"
+    head -qn 1 "$out"/traces/*.txt 2>/dev/null
+    echo "-- tests"
+    tail -n 3 "$out/tests.log"
+    echo "-- run"
+    grep -E "^(run |train/)" "$out/run.log"
+    echo "total: $((SECONDS - start)) s"
+} >>"$summary"
+cat "$summary"
+rm -rf "$work"
