@@ -200,7 +200,12 @@ def write_trace(run_step: Any, device: torch.device, steps: int, path: str) -> N
     averages = prof.key_averages()
     lines = [f"{steps} steps: {wall / steps * 1e3:.1f} ms wall per step"]
     if cuda:
-        busy = sum(e.self_device_time_total for e in averages) / 1e6  # kernels' own time, microseconds -> s
+        from torch.autograd import DeviceType
+
+        # the kernels themselves (as the profiler's own "Self CUDA time total"): the operators that
+        # launched them and user annotations repeat their time
+        busy = sum(e.self_device_time_total for e in averages
+                   if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)) / 1e6
         lines[0] += f", GPU kernels {busy / steps * 1e3:.1f} ms per step ({100 * busy / wall:.0f}% of the wall time)"
         lines += ["", "By GPU time:", averages.table(sort_by="self_device_time_total", row_limit=30, max_name_column_width=70)]
     lines += ["", "By host time:", averages.table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=70)]

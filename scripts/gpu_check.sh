@@ -50,34 +50,53 @@ stage() {  # stage NAME LIMIT_S COMMAND...: run it with the smaller of its limit
     echo "cpus: $(nproc)"
 } | tee "$summary"
 
-profile=(python3 -m reports.profile --device cuda --packed --seq_len 2048 --sample_len 256 --batch_size 4
+rows="${GPU_CHECK_ROWS:-4}"
+profile=(python3 -m reports.profile --device cuda --packed --seq_len 2048 --sample_len 256 --batch_size "$rows"
          --steps 10 --warmup 3 --trace_dir "$out/traces")
-stage profile_small 120 "${profile[@]}" --presets original_small
-stage tests 170 python3 -m pytest -q -p no:cacheprovider -m gpu "$root/tests/test_gpu.py" "$root/tests/test_loss.py" \
-    "$root/tests/test_reports.py"
-stage run 150 python3 -m experiments.run original_small --random_init --experiment gpu_check --output_dir "$work/runs" \
-    --max_length 2048 --batch_size 4 --packing --num_workers 8 --max_steps 60 --log_interval 10 \
-    --train_samples 8000 --val_samples 64 --validation_steps 1000 --best_checkpoint_steps 1000 \
-    --save_checkpoint_steps 1000
-# The run's throughput per logging window (the first one includes compilation).
-python3 - >>"$out/run.log" 2>&1 <<'EOF'
+run_metrics() {  # the run's numbers per logging window (the first one includes compilation)
+    python3 - <<'PY'
 from mlflow import MlflowClient
 
 client = MlflowClient()
 experiment = client.get_experiment_by_name("gpu_check")
 for run in client.search_runs([experiment.experiment_id]) if experiment else []:
     print("run", run.info.run_name, run.info.status)
-    names = ["train/mfu", "train/samples_per_s", "train/tokens_per_s", "train/padding_fraction",
-             "train/blank_image_fraction", "train/peak_memory_mb", "train/loss"]
-    for name in names:
+    for name in ["train/mfu", "train/samples_per_s", "train/tokens_per_s", "train/data_wait_s", "train/padding_fraction",
+                 "train/blank_image_fraction", "train/peak_memory_mb", "train/loss"]:
         history = sorted(client.get_metric_history(run.info.run_id, name), key=lambda m: m.step)
         print(f"{name:<28}", " ".join(f"{m.step}:{m.value:.4g}" for m in history))
-    waits = sorted(client.get_metric_history(run.info.run_id, "train/data_wait_s"), key=lambda m: m.step)
-    late = [m.value for m in waits if m.step > 10]
-    if late:
-        print(f"train/data_wait_s after step 10: mean {sum(late) / len(late) * 1e3:.1f} ms, max {max(late) * 1e3:.1f} ms")
-EOF
-stage profile_more 150 "${profile[@]}" --presets dinov3_gemma,default
+PY
+}
+stack_dumps() {  # two py-spy dumps of the training process, 75 and 85 s in (when py-spy is installed)
+    command -v py-spy >/dev/null || return 0
+    sleep 75
+    local pid
+    pid=$(pgrep -f "m experiments.run" | head -n 1)
+    [[ -n $pid ]] && for _ in 1 2; do py-spy dump --pid "$pid"; sleep 10; done
+}
+
+# GPU_CHECK_STAGES picks stages and their order; GPU_CHECK_TESTS a pytest -k expression;
+# GPU_CHECK_ROWS the profile's rows per step; GPU_CHECK_STEPS / GPU_CHECK_LOG_INTERVAL the run's.
+IFS=, read -ra stages <<<"${GPU_CHECK_STAGES:-profile_small,tests,run,profile_more}"
+for name in "${stages[@]}"; do
+    case $name in
+        profile_small) stage profile_small 120 "${profile[@]}" --presets original_small ;;
+        profile_more) stage profile_more 150 "${profile[@]}" --presets dinov3_gemma,default ;;
+        tests) stage tests 170 python3 -m pytest -q -p no:cacheprovider -m gpu -k "${GPU_CHECK_TESTS:-}" \
+            "$root/tests/test_gpu.py" "$root/tests/test_loss.py" "$root/tests/test_reports.py" ;;
+        run)
+            stack_dumps >"$out/stacks.txt" 2>&1 &
+            # TORCH_LOGS=recompiles: a recompilation after the first steps would show here, with its cause.
+            stage run 150 env TORCH_LOGS=recompiles python3 -m experiments.run original_small --random_init \
+                --experiment gpu_check --output_dir "$work/runs" --max_length 2048 --batch_size 4 --packing \
+                --num_workers 8 --max_steps "${GPU_CHECK_STEPS:-60}" --log_interval "${GPU_CHECK_LOG_INTERVAL:-10}" \
+                --train_samples 8000 --val_samples 64 --validation_steps 1000 --best_checkpoint_steps 1000 \
+                --save_checkpoint_steps 1000
+            run_metrics >>"$out/run.log" 2>&1
+            kill %1 2>/dev/null ;;
+        *) echo "unknown stage $name (profile_small, tests, run, profile_more)" >&2; exit 2 ;;
+    esac
+done
 
 {
     echo "-- profile rows"
@@ -85,9 +104,10 @@ stage profile_more 150 "${profile[@]}" --presets dinov3_gemma,default
     echo "-- step time vs GPU kernel time (torch.profiler)"
     head -qn 1 "$out"/traces/*.txt 2>/dev/null
     echo "-- tests"
-    tail -n 3 "$out/tests.log"
+    tail -n 3 "$out/tests.log" 2>/dev/null
     echo "-- run"
-    grep -E "^(run |train/)" "$out/run.log"
+    grep -E "^(run |train/)" "$out/run.log" 2>/dev/null
+    echo "recompilations logged: $(grep -c "Recompiling function" "$out/run.log" 2>/dev/null)"
     echo "total: $((SECONDS - start)) s"
 } >>"$summary"
 cat "$summary"

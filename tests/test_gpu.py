@@ -46,19 +46,28 @@ def _model(language: str):
 
 
 @pytest.mark.parametrize("language", ["smollm", "gemma"])
-def test_packed_flex_rows_match_one_by_one_on_cuda(language):
+def test_packed_flex_rows_match_one_by_one_on_cuda(language, monkeypatch):
     from test_packing import _samples
 
+    # One row width for every call, as training has: FlexAttention compiled for a dynamic length found no
+    # kernel for these 16-wide heads (H200, torch 2.11), a shape training never produces.
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch._dynamo.config, "automatic_dynamic_shapes", False)
     model = _model(language)
     model.lm.set_attn_implementation("flex_attention")
     long_question = "Please look very carefully at the picture and describe the colour " * 3
     samples = _samples(model.cpu(), [long_question, "What colour?", "Where?"], ["red", "blue", "top"])
     model.to(CUDA)
     to_cuda = lambda b: {k: v.to(CUDA) for k, v in b.items()}  # noqa: E731
-    packed = to_cuda(model_batch(model, samples, rows=1, width=sum(len(s["input_ids"]) for s in samples)))
+    width = sum(len(s["input_ids"]) for s in samples)
+    packed = to_cuda(model_batch(model, samples, rows=1, width=width))
     counts = [int((s["labels"][1:] != -100).sum()) for s in samples]
-    alone = sum(model(**to_cuda(model_batch(model, [s]))) * c for s, c in zip(samples, counts)) / sum(counts)
-    torch.testing.assert_close(model(**packed), alone, rtol=1e-4, atol=1e-4)
+    # bf16 autocast, as training runs it; each sample alone in a row of the same width (the rest is padding)
+    with autocast_for(CUDA):
+        alone = sum(model(**to_cuda(model_batch(model, [s], width=width))) * c
+                    for s, c in zip(samples, counts)) / sum(counts)
+        together = model(**packed)
+    torch.testing.assert_close(together, alone, rtol=1e-2, atol=1e-2)  # fp32 exactness: tests/test_packing.py
 
 
 def _batches(model, n_steps: int, seed: int):

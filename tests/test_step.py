@@ -57,6 +57,34 @@ def test_the_forward_pass_has_no_graph_breaks(language):
     assert explained.graph_count == 1
 
 
+def test_the_backward_pass_has_no_index_put_with_accumulate():
+    """Image features are scattered into their slots and the loss rows picked with index_select, so no
+    gradient goes through index_put(accumulate=True): its CUDA kernel serialises repeated indices (the
+    text positions of a gather, the padding of the loss slots) and took ~10% of a step on an H200."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    aten = torch.ops.aten
+    accumulating = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func in (aten.index_put.default, aten.index_put_.default, aten._index_put_impl_.default):
+                if (args[3] if len(args) > 3 else kwargs.get("accumulate", False)):
+                    accumulating.append(func)
+            return func(*args, **kwargs)
+
+    model = _fresh()
+    samples = _samples(model, ["What colour?", "Where is it?", "Shape?"] * 3, ["red", "top", "a square"] * 3)
+    batch = model_batch(model, samples, rows=5, width=170)  # padding: blank images and ignored loss slots
+    assert batch["loss_targets"].eq(-100).any() and len(batch["images"]) > len(samples)
+    with Record():
+        model(**batch).backward()
+    assert not accumulating
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.projector.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.vision.parameters())
+
+
 def _stream(model, seed: int, n: int, row_length: int):
     """Synthetic samples with answers of varying length, so rows hold a varying number of samples."""
     records = generate(n, seed=seed, image_size=model.arch.transform.size)

@@ -33,8 +33,7 @@ class ImageTextEmbedding:
         # Gemma 3 multiplies token embeddings by sqrt(hidden) inside its embedding layer; image
         # features replace embeddings after that layer, so they get the same factor.
         features = (features * self.embed_scale).to(embeds.dtype).flatten(0, 1)  # (N * tokens, D)
-        is_image = (image_slots >= 0).unsqueeze(-1)  # (B, T, 1)
-        return torch.where(is_image, features[image_slots.clamp(min=0)], embeds)
+        return scatter_features(embeds, features, image_slots)
 
     def image_slots(self, input_ids: torch.Tensor, n_images: int) -> torch.Tensor:
         """Slots in row-major order (sample by sample, image by image), checked against the images."""
@@ -45,6 +44,26 @@ class ImageTextEmbedding:
                              f"{self.image_tokens} tokens each")
         order = is_image.flatten().cumsum(0).view_as(input_ids) - 1
         return torch.where(is_image, order, -1)
+
+
+def scatter_features(embeds: torch.Tensor, features: torch.Tensor, image_slots: torch.Tensor) -> torch.Tensor:
+    """(B, T, D) embeddings with row `image_slots[b, t]` of the (F, D) features written at every slot >= 0.
+
+    A scatter, not a gather: `torch.where(slots >= 0, features[slots.clamp(min=0)], embeds)` would send the
+    (zero) gradient of every text position to feature 0 through index_put(accumulate=True), whose CUDA
+    kernel serialises repeated indices (about 10 ms of a 190 ms step at 16 x 2048 tokens on an H200).
+    Here the backward is a plain gather of the slots' gradients. Integer work only on the device, no sync.
+    """
+    b, t, d = embeds.shape
+    n = features.shape[0]
+    slots = image_slots.flatten()
+    # target[f] = the flat position (b * T + t) that feature f goes to; features without a slot (the
+    # blank images that pad the batch to a bucket size) go to an extra row, dropped at the end. Text
+    # positions scatter their index into target[n], which is never read.
+    target = torch.full((n + 1,), b * t, dtype=torch.long, device=embeds.device)
+    target.scatter_(0, torch.where(slots >= 0, slots, n), torch.arange(b * t, device=embeds.device))
+    rows = torch.cat([embeds.flatten(0, 1), embeds.new_zeros(1, d)])  # (B * T + 1, D)
+    return rows.index_put((target[:n],), features)[:-1].view(b, t, d)
 
 
 def embed_scale(lm: torch.nn.Module) -> float:

@@ -79,7 +79,9 @@ class VisionLanguageModel(ImageTextEmbedding, nn.Module):
                                        use_cache=False).last_hidden_state  # (B, T, D)
         # The LM head only runs where there is a target, and in chunks: with 262k-token
         # vocabularies, (B, T, V) logits would dominate memory.
-        hidden = hidden.flatten(0, 1)[loss_positions]  # (A, D)
+        # index_select, not [loss_positions]: its backward (index_add) takes the repeated padding
+        # positions in parallel, where index_put(accumulate=True) on CUDA serialises them.
+        hidden = hidden.flatten(0, 1).index_select(0, loss_positions)  # (A, D)
         head = self.lm.get_output_embeddings().weight  # (V, D), often tied to the input embedding
         return linear_cross_entropy(hidden, head, loss_targets, softcap=self.logit_softcap, backend=self.loss_backend)
 
