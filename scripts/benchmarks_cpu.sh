@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The CPU numbers in the README's "Benchmarks and results" section, re-run:
 #
-#     scripts/benchmarks_cpu.sh            # about 3 minutes on 2 cores; writes into a temporary folder
+#     scripts/benchmarks_cpu.sh            # about 4 minutes on 2 cores; writes into a temporary folder
 #
 # Prints wall time and peak memory of the tiny experiment end to end, then the profiled training step
-# of the tiny preset with and without packing (tokens/s, samples/s, step peak memory).
+# of the tiny preset with and without packing (tokens/s, samples/s, step peak memory), then the
+# training data loader (samples/s, main-process CPU per sample).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -24,3 +25,7 @@ torch $(python -c 'import torch; print(torch.__version__)'); $(date -u +%F)"
 python -m reports.profile --presets tiny --seq_len 256 --batch_size 4 --steps 10 --warmup 3 2>&1 | grep -E "^tiny|tokens/s"
 python -m reports.profile --presets tiny --seq_len 256 --batch_size 4 --steps 10 --warmup 3 --packed --sample_len 64 \
     2>&1 | grep -E "^tiny|tokens/s"
+
+# 3. The training data loader alone: original_small's synthetic set in rows of 2048 tokens, 2 workers, then none.
+python -m reports.loader --set max_length=2048 2>&1 | grep -E "samples/s"
+python -m reports.loader --set max_length=2048 --num_workers 0 2>&1 | grep -E "samples/s"

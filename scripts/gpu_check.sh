@@ -5,14 +5,19 @@
 #
 # Stages, most important first. Each has its own time limit, cut to what is left of the budget;
 # a stage that would start with under 45 s left is skipped and says so.
-#   1. profile_small  reports.profile original_small: 4 packed rows of 2048 tokens (8 samples of 256),
-#                     compiled blocks, bf16; then 3 steps under torch.profiler (OUT_DIR/traces/)
+#   1. profile_small  reports.profile original_small: 16 packed rows of 2048 tokens (8 samples of 256
+#                     each), compiled blocks, bf16; then 3 steps under torch.profiler (OUT_DIR/traces/)
 #   2. tests          pytest -m gpu tests/test_gpu.py tests/test_loss.py tests/test_reports.py
-#   3. run            experiments.run original_small --random_init on the synthetic set: packed
-#                     4 x 2048-token rows, 8 DataLoader workers, 60 steps; train/mfu every 10 steps
-#   4. profile_more   stage 1 for dinov3_gemma and default
+#   3. run            experiments.run original_small --random_init on the synthetic set: micro-steps of
+#                     16 packed 2048-token rows, 8 of them per step, 8 DataLoader workers, 30 steps;
+#                     train/mfu and train/data_wait_s every 5 steps, two py-spy stack dumps (if installed)
+#   4. profile_plain  stage 1 with --set train.fused_kernels=false: Liger's kernels against inductor's
+#   5. profile_more   dinov3_gemma and default, 4 rows
 # Logs go to OUT_DIR/<stage>.log, and the lines the README quotes to OUT_DIR/summary.txt.
 # Work files (MLflow store, run folders) go to a temporary folder; the checkout is not written to.
+# GPU_CHECK_STAGES picks stages and their order (comma-separated); GPU_CHECK_TESTS is a pytest -k
+# expression; GPU_CHECK_ROWS the rows of profile_small/profile_plain; GPU_CHECK_STEPS and
+# GPU_CHECK_LOG_INTERVAL the run's steps and logging interval.
 set -uo pipefail
 
 out="$(mkdir -p "${1:?usage: scripts/gpu_check.sh OUT_DIR [BUDGET_S]}" && cd "$1" && pwd)"
@@ -50,9 +55,9 @@ stage() {  # stage NAME LIMIT_S COMMAND...: run it with the smaller of its limit
     echo "cpus: $(nproc)"
 } | tee "$summary"
 
-rows="${GPU_CHECK_ROWS:-4}"
-profile=(python3 -m reports.profile --device cuda --packed --seq_len 2048 --sample_len 256 --batch_size "$rows"
-         --steps 10 --warmup 3 --trace_dir "$out/traces")
+profile=(python3 -m reports.profile --device cuda --packed --seq_len 2048 --sample_len 256 --steps 10 --warmup 3
+         --trace_dir "$out/traces")
+rows=(--batch_size "${GPU_CHECK_ROWS:-16}")
 run_metrics() {  # the run's numbers per logging window (the first one includes compilation)
     python3 - <<'PY'
 from mlflow import MlflowClient
@@ -71,36 +76,37 @@ stack_dumps() {  # two py-spy dumps of the training process, 75 and 85 s in (whe
     command -v py-spy >/dev/null || return 0
     sleep 75
     local pid
-    pid=$(pgrep -f "m experiments.run" | head -n 1)
+    pid=$(pgrep -f "^python3 -m experiments.run" | head -n 1)
     [[ -n $pid ]] && for _ in 1 2; do py-spy dump --pid "$pid"; sleep 10; done
 }
 
-# GPU_CHECK_STAGES picks stages and their order; GPU_CHECK_TESTS a pytest -k expression;
-# GPU_CHECK_ROWS the profile's rows per step; GPU_CHECK_STEPS / GPU_CHECK_LOG_INTERVAL the run's.
-IFS=, read -ra stages <<<"${GPU_CHECK_STAGES:-profile_small,tests,run,profile_more}"
+IFS=, read -ra stages <<<"${GPU_CHECK_STAGES:-profile_small,tests,run,profile_plain,profile_more}"
 for name in "${stages[@]}"; do
     case $name in
-        profile_small) stage profile_small 120 "${profile[@]}" --presets original_small ;;
-        profile_more) stage profile_more 150 "${profile[@]}" --presets dinov3_gemma,default ;;
+        profile_small) stage profile_small 120 "${profile[@]}" "${rows[@]}" --presets original_small ;;
+        profile_plain) stage profile_plain 120 "${profile[@]}" "${rows[@]}" --presets original_small \
+            --set train.fused_kernels=false ;;
+        profile_more) stage profile_more 150 "${profile[@]}" --batch_size 4 --presets dinov3_gemma,default ;;
         tests) stage tests 170 python3 -m pytest -q -p no:cacheprovider -m gpu -k "${GPU_CHECK_TESTS:-}" \
             "$root/tests/test_gpu.py" "$root/tests/test_loss.py" "$root/tests/test_reports.py" ;;
         run)
             stack_dumps >"$out/stacks.txt" 2>&1 &
             # TORCH_LOGS=recompiles: a recompilation after the first steps would show here, with its cause.
             stage run 150 env TORCH_LOGS=recompiles python3 -m experiments.run original_small --random_init \
-                --experiment gpu_check --output_dir "$work/runs" --max_length 2048 --batch_size 4 --packing \
-                --num_workers 8 --max_steps "${GPU_CHECK_STEPS:-60}" --log_interval "${GPU_CHECK_LOG_INTERVAL:-10}" \
-                --train_samples 8000 --val_samples 64 --validation_steps 1000 --best_checkpoint_steps 1000 \
+                --experiment gpu_check --output_dir "$work/runs" --max_length 2048 --batch_size 16 \
+                --gradient_accumulation_steps 8 --packing --num_workers 8 --max_steps "${GPU_CHECK_STEPS:-30}" \
+                --log_interval "${GPU_CHECK_LOG_INTERVAL:-5}" \
+                --train_samples 40000 --val_samples 64 --validation_steps 1000 --best_checkpoint_steps 1000 \
                 --save_checkpoint_steps 1000
             run_metrics >>"$out/run.log" 2>&1
             kill %1 2>/dev/null ;;
-        *) echo "unknown stage $name (profile_small, tests, run, profile_more)" >&2; exit 2 ;;
+        *) echo "unknown stage $name (profile_small, tests, run, profile_plain, profile_more)" >&2; exit 2 ;;
     esac
 done
 
 {
     echo "-- profile rows"
-    grep -h -E "^  [a-z0-9_]+ " "$out/profile_small.log" "$out/profile_more.log" 2>/dev/null
+    grep -h -E "^  [a-z0-9_]+ " "$out"/profile_*.log 2>/dev/null
     echo "-- step time vs GPU kernel time (torch.profiler)"
     head -qn 1 "$out"/traces/*.txt 2>/dev/null
     echo "-- tests"

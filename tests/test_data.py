@@ -195,3 +195,32 @@ def test_a_question_quoting_the_image_token_gets_no_extra_image_slots():
     plain = encode_prompt(model.tokenizer, "What is this?", model.image_placeholder, token)
     quoted = encode_prompt(model.tokenizer, f"What is {token}this?", model.image_placeholder, token)
     assert quoted == plain and plain.count(model.image_token_id) == model.arch.image_tokens
+
+
+def test_workers_deliver_the_same_samples_in_order_as_the_main_process():
+    """Workers send each chunk as one tensor per field (and unreadable samples as None, in place)."""
+    from nanovlm.train import sample_stream
+
+    records = synthetic.generate(40, seed=4)
+    records[5] = {"images": [b"not an image"], "texts": records[5]["texts"]}  # unreadable: None, counted later
+    dataset = VQADataset(records, SampleProcessor.for_model(tiny_vlm(), 128, uint8_pixels=True))
+    order = list(range(40))[::-1]
+    here, there = list(sample_stream(dataset, order, 0)), list(sample_stream(dataset, order, 2))
+    assert len(here) == len(there) == 40 and here[34] is None and there[34] is None
+    for a, b in zip(here, there):
+        assert (a is None) == (b is None)
+        assert a is None or all(torch.equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a)
+
+
+def test_uint8_images_are_normalised_by_the_model_exactly_as_by_the_processor():
+    from conftest import model_batch
+
+    model = tiny_vlm()
+    records = synthetic.generate(3, seed=5)
+    floats = [SampleProcessor.for_model(model, 128)(r) for r in records]
+    uint8 = [SampleProcessor.for_model(model, 128, uint8_pixels=True)(r) for r in records]
+    assert uint8[0]["pixel_values"].dtype == torch.uint8 and floats[0]["pixel_values"].dtype == torch.float32
+    assert uint8[0]["pixel_values"].element_size() * 4 == floats[0]["pixel_values"].element_size()
+    with torch.no_grad():
+        assert torch.equal(model(**model_batch(model, uint8, rows=1, width=300)),
+                           model(**model_batch(model, floats, rows=1, width=300)))

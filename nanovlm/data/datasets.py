@@ -128,9 +128,11 @@ class SampleProcessor:
     turns), a sample longer than max_length, or image-token slots that do not match its images.
     """
 
-    def __init__(self, tokenizer: Any, transform: Any, image_placeholder: str, max_length: int):
+    def __init__(self, tokenizer: Any, transform: Any, image_placeholder: str, max_length: int,
+                 uint8_pixels: bool = False):
         self.tokenizer, self.transform = tokenizer, transform
         self.image_placeholder, self.max_length = image_placeholder, max_length
+        self.uint8_pixels = uint8_pixels  # resized but not normalised: the model normalises uint8 images itself
         # The placeholder is one added token repeated once per image token.
         placeholder_ids = tokenizer(image_placeholder, add_special_tokens=False)["input_ids"]
         if not placeholder_ids or len(set(placeholder_ids)) != 1:
@@ -139,8 +141,8 @@ class SampleProcessor:
         self.image_token = tokenizer.convert_ids_to_tokens(self.image_token_id)
 
     @classmethod
-    def for_model(cls, model: Any, max_length: int) -> "SampleProcessor":
-        return cls(model.tokenizer, model.arch.transform, model.image_placeholder, max_length)
+    def for_model(cls, model: Any, max_length: int, uint8_pixels: bool = False) -> "SampleProcessor":
+        return cls(model.tokenizer, model.arch.transform, model.image_placeholder, max_length, uint8_pixels)
 
     def __call__(self, record: dict[str, Any]) -> dict[str, torch.Tensor] | None:
         if not isinstance(record, dict):
@@ -152,7 +154,7 @@ class SampleProcessor:
         if turns is None:
             return None
         try:
-            images = [self.transform(decode_image(x)) for x in raw_images]
+            images = [self.transform(decode_image(x), normalize=not self.uint8_pixels) for x in raw_images]
         except UNREADABLE:
             return None
         # one placeholder block per image, in front of the first question

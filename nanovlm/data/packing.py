@@ -16,7 +16,8 @@ out here on the CPU, so the training step never reads a device value back (no ho
     input_ids     (R, W)   token ids, padded with pad_id
     position_ids  (R, W)   0, 1, 2, ... restarting at every sample (and for the padding tail)
     sequence_ids  (R, W)   which sample of the row a token belongs to: attention stays inside it
-    images        (N, 3, H, W)  the images in slot order, then blank ones up to a bucket size
+    images        (N, 3, H, W)  the images in slot order, then blank ones up to a bucket size (the
+                           training loader's are uint8, normalised by the model on the device)
     image_slots   (R, W)   index into the flattened (N * image_tokens) image features, -1 on text
     loss_positions (A,)    flat index r * W + t of every position whose next token has a loss ...
     loss_targets  (A,)     ... and that token; padded to a bucket size with IGNORE_INDEX
@@ -93,8 +94,11 @@ def pack(samples: Iterable[dict[str, torch.Tensor] | None], rows: int, row_lengt
 
 
 def collate_rows(rows: list[list[dict[str, torch.Tensor]]], width: int, pad_id: int, image_token_id: int,
-                 image_tokens: int) -> dict[str, Any]:
-    """Rows of samples -> the model's inputs (see the module docstring) plus `stats` (CPU ints)."""
+                 image_tokens: int, pin_memory: bool = False) -> dict[str, Any]:
+    """Rows of samples -> the model's inputs (see the module docstring) plus `stats` (CPU ints).
+
+    `pin_memory` (CUDA): the images, by far the largest input, are copied once, straight into pinned memory.
+    """
     n_rows = len(rows)
     input_ids = torch.full((n_rows, width), pad_id, dtype=torch.long)
     position_ids = torch.zeros((n_rows, width), dtype=torch.long)
@@ -129,7 +133,6 @@ def collate_rows(rows: list[list[dict[str, torch.Tensor]]], width: int, pad_id: 
         position_ids[r, offset:] = torch.arange(width - offset)
         sequence_ids[r, offset:] = len(row)
         n_tokens += offset
-    pixels = torch.cat(images) if images else torch.zeros(0)
     n_loss = sum(len(t) for t in targets)
     a_pad, n_pad = bucket(n_loss), bucket(n_images)
     loss_positions = torch.zeros(a_pad, dtype=torch.long)  # padding points at position 0 with an ignored target
@@ -137,8 +140,12 @@ def collate_rows(rows: list[list[dict[str, torch.Tensor]]], width: int, pad_id: 
     if n_loss:
         loss_positions[:n_loss] = torch.cat(positions)
         loss_targets[:n_loss] = torch.cat(targets)
-    if n_pad > n_images and n_images:  # blank images have no slots: they cost vision compute only
-        pixels = torch.cat([pixels, pixels.new_zeros((n_pad - n_images, *pixels.shape[1:]))])
+    pixels = torch.zeros(0)
+    if n_images:  # one copy; blank images up to the bucket size have no slots: they cost vision compute only
+        first = images[0]
+        pixels = torch.empty((n_pad, *first.shape[1:]), dtype=first.dtype, pin_memory=pin_memory)
+        torch.cat(images, out=pixels[:n_images])
+        pixels[n_images:].zero_()
     samples = sum(len(row) for row in rows)
     stats = {"samples": samples, "tokens": n_tokens, "slots": n_rows * width, "loss_tokens": n_loss,
              "loss_slots": a_pad, "images": n_images, "image_slots": n_pad if n_images else 0,

@@ -40,8 +40,9 @@ class ImageTransform:
         return cls(size=size or native_image_size(pre), mean=tuple(pre.get("image_mean", (0.5,) * 3)),
                    std=tuple(pre.get("image_std", (0.5,) * 3)), resample=int(pre.get("resample", 3)))
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        return to_pixels(image, self.size, self.mean, self.std, self.resample)  # (3, H, W), as the processor does
+    def __call__(self, image: Image.Image, normalize: bool = True) -> torch.Tensor:
+        """(3, H, W) float32 as the processor gives it, or with `normalize=False` the resized uint8 pixels."""
+        return to_pixels(image, self.size, self.mean, self.std, self.resample, normalize)
 
     def to_preprocessor(self) -> dict[str, Any]:
         """The HF preprocessor_config.json fields this transform reproduces."""

@@ -24,14 +24,26 @@ from transformers.image_processing_utils import BaseImageProcessor
 from transformers.processing_utils import ProcessorMixin
 
 
-def to_pixels(image: Any, size: int, mean: Sequence[float], std: Sequence[float], resample: int) -> torch.Tensor:
-    """A PIL image (or HWC uint8 array) -> (3, size, size) float32: square resize, [0, 1], mean/std normalised."""
+def to_pixels(image: Any, size: int, mean: Sequence[float], std: Sequence[float], resample: int,
+              normalize: bool = True) -> torch.Tensor:
+    """A PIL image (or HWC uint8 array) -> (3, size, size) float32: square resize, [0, 1], mean/std normalised.
+
+    `normalize=False`: the resized uint8 pixels, a quarter of the bytes; `normalize_pixels` finishes them
+    on the device (training does this: less to pass between processes, copy and send to the GPU).
+    """
     if not isinstance(image, Image.Image):
         image = Image.fromarray(np.asarray(image))
     image = image.convert("RGB").resize((size, size), resample=Image.Resampling(resample))
+    if not normalize:
+        return torch.from_numpy(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy())
     x = np.asarray(image, dtype=np.float32) / 255.0  # (H, W, 3)
     x = (x - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
     return torch.from_numpy(x.transpose(2, 0, 1).copy())
+
+
+def normalize_pixels(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels from `to_pixels(..., normalize=False)` -> what `to_pixels` gives (the same float32 steps)."""
+    return (pixels.float() / 255.0 - mean) / std
 
 
 def processor_chat_template(template: str, image_token: str) -> str:

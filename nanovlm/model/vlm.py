@@ -28,7 +28,8 @@ from nanovlm.model.attention import packed_attention_mask
 from nanovlm.model.configuration_nanovlm import NanoVLMConfig
 from nanovlm.model.embedding import ImageTextEmbedding, embed_scale
 from nanovlm.model.loss import linear_cross_entropy
-from nanovlm.model.processing_nanovlm import NanoVLMImageProcessor, NanoVLMProcessor, processor_chat_template
+from nanovlm.model.processing_nanovlm import (NanoVLMImageProcessor, NanoVLMProcessor, normalize_pixels,
+                                              processor_chat_template)
 from nanovlm.model.projector import ModalityProjector
 from nanovlm.model.vision import VisionEncoder
 
@@ -61,6 +62,10 @@ class VisionLanguageModel(ImageTextEmbedding, nn.Module):
         self.embed_scale = embed_scale(lm)
         self.logit_softcap = getattr(lm.config, "final_logit_softcapping", None)
         self.loss_backend = "auto"  # see nanovlm.model.loss.BACKENDS
+        # For uint8 images (the training loader's), normalised on the device; not saved in checkpoints.
+        stats = lambda v: torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1)  # noqa: E731
+        self.register_buffer("pixel_mean", stats(arch.transform.mean), persistent=False)
+        self.register_buffer("pixel_std", stats(arch.transform.std), persistent=False)
 
     # ---------------------------------------------------------------- forward
 
@@ -73,6 +78,8 @@ class VisionLanguageModel(ImageTextEmbedding, nn.Module):
         with its own positions and attention (`sequence_ids`), and the loss positions worked out on
         the CPU. Static shapes and no host syncs, so it compiles without graph breaks.
         """
+        if images is not None and images.dtype == torch.uint8:  # resized pixels, to be normalised here
+            images = normalize_pixels(images, self.pixel_mean, self.pixel_std)
         embeds = self.embed(input_ids, images, image_slots)  # (B, T, D)
         mask = packed_attention_mask(self.lm.config, sequence_ids, embeds.dtype)
         hidden = self.lm.get_decoder()(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids,
