@@ -43,11 +43,11 @@ import torch
 from nanovlm import metrics as metric_names
 from nanovlm.config import ExperimentConfig, from_dict, override, to_dict
 from nanovlm.data.packing import model_inputs
+from nanovlm.flops import FlopsCounter, peak_tflops
 from nanovlm.optim import apply_freezing, build_optimizer, set_train_mode
 from nanovlm.provenance import device_description
 from reports import names as report_names
 from reports.batches import DEFAULT_SAMPLE_LEN, synthetic_batch
-from nanovlm.flops import FlopsCounter, peak_tflops
 from reports.memory import PeakMemory
 
 
@@ -141,9 +141,9 @@ def measure(cfg: ExperimentConfig, batch_size: int = 1, seq_len: int = 128, step
             fb_times.append(fb)
             opt_times.append(opt)
             outs.append(out)
-        if trace:
-            write_trace(lambda: training_step.train_step(step_model, model, optimizer, micro_batches, autocast,
-                                                         cfg.train.max_grad_norm), dev, 3, trace)
+    if trace:  # after the peak-memory window: the profiler's own buffers are not the step's
+        write_trace(lambda: training_step.train_step(step_model, model, optimizer, micro_batches, autocast,
+                                                     cfg.train.max_grad_norm), dev, 3, trace)
     timed = slice(warmup, None)
     step_s = statistics.median(step_times[timed])
     last_loss, _, _ = outs[-1].tolist()

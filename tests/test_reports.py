@@ -180,12 +180,15 @@ def test_the_profiler_times_the_training_steps_train_step(monkeypatch):
     assert m[report_names.MODEL_FLOPS_PER_STEP] == pytest.approx(per_sample) and per_sample < per_row
 
 
-def test_a_packed_profile_logs_its_layout_and_the_table_shows_it(store, client):
+def test_a_packed_profile_logs_its_layout_and_the_table_shows_it(store, client, tmp_path):
     rc = profile.main(["--presets", "tiny", "--packed", "--seq_len", str(PACKED["seq_len"]), "--sample_len",
                        str(PACKED["sample_len"]), "--batch_size", str(PACKED["batch_size"]), "--steps", "1",
                        "--warmup", "1", "--device", "cpu", "--tracking_uri", store, "--experiment", "profile_packed",
-                       "--in_process"])
+                       "--in_process", "--trace_dir", str(tmp_path / "traces")])
     assert rc == 0
+    (trace,) = (tmp_path / "traces").iterdir()  # where the step's time went, by operator
+    assert trace.name == "tiny-cpu-bs2-seq160-packed40.txt"
+    assert trace.read_text().startswith("3 steps: ") and "aten::mm" in trace.read_text()
     (run,) = client.search_runs([client.get_experiment_by_name("profile_packed").experiment_id])
     params, m = run.data.params, run.data.metrics
     assert params["profile.packed"] == "True" and params["profile.sample_len"] == "40"
