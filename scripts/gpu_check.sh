@@ -6,14 +6,14 @@
 # Stages, most important first. Each has its own time limit, cut to what is left of the budget;
 # a stage that would start with under 45 s left is skipped and says so.
 #   1. profile_small  reports.profile original_small: 16 packed rows of 2048 tokens (8 samples of 256
-#                     each), compiled blocks, bf16; then 3 steps under torch.profiler (OUT_DIR/traces/)
+#                     each), compiled blocks, bf16; then 3 steps under torch.profiler (OUT_DIR/traces.txt)
 #   2. tests          pytest -m gpu tests/test_gpu.py tests/test_loss.py tests/test_reports.py
 #   3. run            experiments.run original_small --random_init on the synthetic set: micro-steps of
 #                     16 packed 2048-token rows, 8 of them per step, 8 DataLoader workers, 30 steps;
 #                     train/mfu and train/data_wait_s every 5 steps, two py-spy stack dumps (if installed)
 #   4. profile_plain  stage 1 with --set train.fused_kernels=false: Liger's kernels against inductor's
 #   5. profile_more   dinov3_gemma and default, 4 rows
-# Logs go to OUT_DIR/<stage>.log, and the lines the README quotes to OUT_DIR/summary.txt.
+# Logs go to OUT_DIR/<stage>.log, and the lines the README quotes to OUT_DIR/summary.txt (8 files in all).
 # Work files (MLflow store, run folders) go to a temporary folder; the checkout is not written to.
 # GPU_CHECK_STAGES picks stages and their order (comma-separated); GPU_CHECK_TESTS is a pytest -k
 # expression; GPU_CHECK_ROWS the rows of profile_small/profile_plain; GPU_CHECK_STEPS and
@@ -56,7 +56,7 @@ stage() {  # stage NAME LIMIT_S COMMAND...: run it with the smaller of its limit
 } | tee "$summary"
 
 profile=(python3 -m reports.profile --device cuda --packed --seq_len 2048 --sample_len 256 --steps 10 --warmup 3
-         --trace_dir "$out/traces")
+         --trace_dir "$work/traces")
 rows=(--batch_size "${GPU_CHECK_ROWS:-16}")
 run_metrics() {  # the run's numbers per logging window (the first one includes compilation)
     python3 - <<'PY'
@@ -108,7 +108,7 @@ done
     echo "-- profile rows"
     grep -h -E "^  [a-z0-9_]+ " "$out"/profile_*.log 2>/dev/null
     echo "-- step time vs GPU kernel time (torch.profiler)"
-    head -qn 1 "$out"/traces/*.txt 2>/dev/null
+    head -qn 1 "$work"/traces/*.txt 2>/dev/null
     echo "-- tests"
     tail -n 3 "$out/tests.log" 2>/dev/null
     echo "-- run"
@@ -116,5 +116,7 @@ done
     echo "recompilations logged: $(grep -c "Recompiling function" "$out/run.log" 2>/dev/null)"
     echo "total: $((SECONDS - start)) s"
 } >>"$summary"
+# One file of traces (a GPU lease returns few files): each row's tables under its run name.
+for f in "$work"/traces/*.txt; do [[ -e $f ]] && { echo "=== $(basename "$f" .txt)"; cat "$f"; }; done >"$out/traces.txt"
 cat "$summary"
 rm -rf "$work"
