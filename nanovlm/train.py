@@ -109,8 +109,8 @@ def batches(samples: Iterator[Any], model: Any, cfg: ExperimentConfig, device: t
         cuda = device.type == "cuda"  # pinned host memory: the copy to the GPU runs asynchronously
         batch = collate_rows(rows, width, model.tokenizer.pad_token_id, model.image_token_id, model.arch.image_tokens,
                              pin_memory=cuda)
-        if cuda:  # the other inputs are small: pinned by a copy (the images already are)
-            batch.update({k: v if v.is_pinned() else v.pin_memory() for k, v in batch.items() if torch.is_tensor(v)})
+        if cuda:  # the other inputs are small: pinned by a copy (pin_memory returns the pinned images as they are)
+            batch.update({k: v.pin_memory() for k, v in batch.items() if torch.is_tensor(v)})
         yield {**batch, "consumed": consumed, "skipped": skipped}
 
 
@@ -189,8 +189,8 @@ def train(model: Any, train_set: Any, val_set: Any, cfg: ExperimentConfig, run_d
     val_batches = lambda: batches(sample_stream(val_set, val_indices, min(workers, 2)), model, cfg, device)  # noqa: E731
 
     # MFU on GPUs of known peak: model FLOPs (nanovlm.flops.FLOPS_FORMULA) of this rank's batches / time / peak
-    flops_of = FlopsCounter(model, tc)
     peak = peak_tflops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+    flops_of = FlopsCounter(model, tc) if peak else None
 
     progress = tqdm(total=tc.max_steps, initial=state.step, disable=not dist.is_main, desc="train", dynamic_ncols=True)
     unread: list[tuple[int, torch.Tensor, dict[str, float]]] = []  # (step, device numbers, host numbers)
@@ -215,7 +215,8 @@ def train(model: Any, train_set: Any, val_set: Any, cfg: ExperimentConfig, run_d
                 micro_batches.append(batch)
                 for key in ("samples", "tokens", "slots", "images", "image_slots"):
                     window[key] += batch["stats"][key]
-                window["flops"] += flops_of(batch["stats"]).total
+                if flops_of:
+                    window["flops"] += flops_of(batch["stats"]).total
         data_wait = time.perf_counter() - t0
 
         numbers = train_step(step_model, model, optimizer, [model_inputs(b, device) for b in micro_batches],
