@@ -136,7 +136,6 @@ def profile_row(name: str, cfg: ExperimentConfig, a: argparse.Namespace, common_
               "profile.steps": a.steps, "profile.warmup": a.warmup, "profile.grad_accum": a.grad_accum,
               "profile.device": a.device, "profile.isolated": not a.in_process}
     if a.trace_dir:  # where this row's step time goes (torch.profiler tables), next to the other rows'
-        os.makedirs(a.trace_dir, exist_ok=True)
         a = argparse.Namespace(**{**vars(a), "trace": os.path.abspath(os.path.join(a.trace_dir, f"{run_name}.txt"))})
     tracker = MLflowTracker.start(a.experiment, run_name, tags=tags, tracking_uri=a.tracking_uri, system_metrics=False)
     with tracker:
@@ -214,6 +213,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--sample_len {a.sample_len} does not fit a row of --seq_len {a.seq_len}")
     if a.warmup < 0:
         p.error("--warmup must be >= 0")
+    if a.trace_dir:
+        try:
+            os.makedirs(a.trace_dir, exist_ok=True)
+        except OSError as e:
+            p.error(f"--trace_dir {a.trace_dir}: cannot create it ({e.strerror}); pass a writable folder")
     return a
 
 

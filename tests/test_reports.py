@@ -108,6 +108,13 @@ def test_profile_rejects_unknown_presets_before_running_anything(capsys):
     assert "nope" in capsys.readouterr().err
 
 
+def test_an_unwritable_trace_dir_is_one_line_and_exit_2(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit) as exit_:
+        profile.parse_args(["--device", "cpu", "--trace_dir", str(tmp_path / "file" / "traces")])
+    assert exit_.value.code == 2 and "--trace_dir" in capsys.readouterr().err.splitlines()[-1]
+
+
 def test_packed_flags_and_their_defaults():
     a = profile.parse_args(["--packed", "--device", "cpu"])
     assert (a.seq_len, a.sample_len) == (2048, 256)  # 8 samples per row
