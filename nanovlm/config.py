@@ -85,9 +85,10 @@ class TrainConfig:
     keep_checkpoints: int = _f(2, "resumable checkpoints to keep (plus the best)", min=1)
     compile: str = _f("auto", "torch.compile each transformer block: auto (on CUDA), true or false",
                       choices=("auto", "true", "false"))
-    fused_kernels: str = _f("auto", "Liger-Kernel's RMSNorm / SwiGLU or GeGLU / RoPE in the LM on CUDA: auto (when "
-                                    "installed) or false (the plain modules, which compiled blocks fuse themselves)",
-                            choices=("auto", "false"))
+    fused_kernels: str = _f("auto", "Liger-Kernel's RMSNorm / SwiGLU or GeGLU / RoPE in the LM on CUDA, when "
+                                    "installed: auto (only in blocks that are not compiled: compiled blocks fuse "
+                                    "these ops themselves), true (also in compiled blocks) or false (never)",
+                            choices=("auto", "true", "false"))
     attention: str = _f("auto", "attention kernel of the LM while training: auto (flex_attention on CUDA: packed rows "
                                 "without a T x T mask; sdpa on CPU), sdpa, flex_attention or eager",
                         choices=("auto", "sdpa", "flex_attention", "eager"))

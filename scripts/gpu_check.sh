@@ -11,12 +11,13 @@
 #   3. run            experiments.run original_small --random_init on the synthetic set: micro-steps of
 #                     16 packed 2048-token rows, 8 of them per step, 8 DataLoader workers, 30 steps;
 #                     train/mfu and train/data_wait_s every 5 steps, two py-spy stack dumps (if installed)
-#   4. profile_plain  stage 1 with --set train.fused_kernels=false: Liger's kernels against inductor's
+#   4. profile_liger  stage 1 with --set train.fused_kernels=true: Liger's RMSNorm / SwiGLU / RoPE in the
+#                     compiled blocks, against inductor's own fusion of them (the default, fused_kernels=auto)
 #   5. profile_more   dinov3_gemma and default, 4 rows
 # Logs go to OUT_DIR/<stage>.log, and the lines the README quotes to OUT_DIR/summary.txt (8 files in all).
 # Work files (MLflow store, run folders) go to a temporary folder; the checkout is not written to.
 # GPU_CHECK_STAGES picks stages and their order (comma-separated); GPU_CHECK_TESTS is a pytest -k
-# expression; GPU_CHECK_ROWS the rows of profile_small/profile_plain; GPU_CHECK_STEPS and
+# expression; GPU_CHECK_ROWS the rows of profile_small/profile_liger; GPU_CHECK_STEPS and
 # GPU_CHECK_LOG_INTERVAL the run's steps and logging interval.
 set -uo pipefail
 
@@ -80,12 +81,12 @@ stack_dumps() {  # two py-spy dumps of the training process, 75 and 85 s in (whe
     [[ -n $pid ]] && for _ in 1 2; do py-spy dump --pid "$pid"; sleep 10; done
 }
 
-IFS=, read -ra stages <<<"${GPU_CHECK_STAGES:-profile_small,tests,run,profile_plain,profile_more}"
+IFS=, read -ra stages <<<"${GPU_CHECK_STAGES:-profile_small,tests,run,profile_liger,profile_more}"
 for name in "${stages[@]}"; do
     case $name in
         profile_small) stage profile_small 120 "${profile[@]}" "${rows[@]}" --presets original_small ;;
-        profile_plain) stage profile_plain 120 "${profile[@]}" "${rows[@]}" --presets original_small \
-            --set train.fused_kernels=false ;;
+        profile_liger) stage profile_liger 120 "${profile[@]}" "${rows[@]}" --presets original_small \
+            --set train.fused_kernels=true ;;
         profile_more) stage profile_more 150 "${profile[@]}" --batch_size 4 --presets dinov3_gemma,default ;;
         tests) stage tests 170 python3 -m pytest -q -p no:cacheprovider -m gpu -k "${GPU_CHECK_TESTS:-}" \
             "$root/tests/test_gpu.py" "$root/tests/test_loss.py" "$root/tests/test_reports.py" ;;
@@ -100,7 +101,7 @@ for name in "${stages[@]}"; do
                 --save_checkpoint_steps 1000
             run_metrics >>"$out/run.log" 2>&1
             kill %1 2>/dev/null ;;
-        *) echo "unknown stage $name (profile_small, tests, run, profile_plain, profile_more)" >&2; exit 2 ;;
+        *) echo "unknown stage $name (profile_small, tests, run, profile_liger, profile_more)" >&2; exit 2 ;;
     esac
 done
 

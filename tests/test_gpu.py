@@ -121,6 +121,27 @@ def test_fused_loss_backend_matches_plain_in_a_step():
         torch.testing.assert_close(grad, losses["plain"][1], rtol=5e-2, atol=1e-3, msg=backend)
 
 
+@pytest.mark.parametrize("language", ["smollm", "gemma"])
+def test_liger_kernels_match_the_plain_modules_in_a_step(language):
+    pytest.importorskip("liger_kernel", reason="the [gpu] extra (liger-kernel) is not installed")
+    from nanovlm.step import apply_fused_kernels
+
+    model = _model(language)
+    batch = model_inputs(next(_batches(model, 1, seed=4)), CUDA)
+    results = []
+    for patch in (False, True):
+        if patch:
+            assert apply_fused_kernels(model, CUDA) == [f"liger:{model.lm.config.model_type}"]
+        model.zero_grad()
+        with autocast_for(CUDA):
+            loss = model(**batch)
+        loss.backward()
+        results.append((loss.detach(), model.projector.proj.weight.grad.clone()))
+    (plain_loss, plain_grad), (liger_loss, liger_grad) = results
+    torch.testing.assert_close(liger_loss, plain_loss, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(liger_grad, plain_grad, rtol=5e-2, atol=1e-3)
+
+
 def test_real_size_step_fits_and_reports_memory():
     from nanovlm.model.vlm import build_vlm
     from nanovlm.optim import apply_freezing

@@ -85,7 +85,10 @@ def _losses(run_dir: Path) -> list[float]:
 def test_sigkill_then_resume_reproduces_the_uninterrupted_losses(tmp_path):
     args = ["tiny", "--max_steps", "40", "--save_checkpoint_steps", "4", "--validation_steps", "20",
             "--batch_size", "4", "--train_samples", "200", "--val_samples", "8", "--output_dir", str(tmp_path / "runs")]
-    env = _env(tmp_path)
+    # Bitwise equality across processes needs run-to-run reproducible BLAS: by default MKL may pick
+    # its thread count and code path per call (CNR off, MKL_DYNAMIC on); 1 CI run in about 6 saw a
+    # 2-ulp difference at step 3 between two fresh runs.
+    env = {**_env(tmp_path), "MKL_DYNAMIC": "FALSE", "MKL_CBWR": "AUTO,STRICT"}
     run = lambda *extra, **kw: subprocess.Popen([sys.executable, "-m", "experiments.run", *args, *extra],  # noqa: E731
                                                 env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
     reference = run("--run_name", "straight")

@@ -142,3 +142,12 @@ def test_an_older_checkpoints_optimizer_settings_do_not_switch_off_the_fused_ker
     load_training_checkpoint(path, model, optimizer)
     assert all(group["fused"] for group in optimizer.param_groups)
     assert all(int(s["step"]) == 1 for s in optimizer.state.values())
+
+
+@pytest.mark.parametrize(("setting", "compiled", "expected"), [
+    ("auto", False, True), ("auto", True, False),  # compiled blocks fuse RMSNorm / SwiGLU / RoPE themselves
+    ("true", True, True), ("false", False, False)])
+def test_liger_kernels_go_only_into_blocks_that_are_not_compiled_unless_asked(setting, compiled, expected):
+    from nanovlm.step import use_fused_kernels
+
+    assert use_fused_kernels(TrainConfig(fused_kernels=setting), compiled) is expected
