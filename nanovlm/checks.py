@@ -130,6 +130,8 @@ def check_config(cfg: ExperimentConfig) -> None:
         raise ConfigError("every learning rate is 0 (lr_projector, and the vision and language rates): nothing "
                           "would be trained. Give at least one part a rate above 0")
     _check_device(t.device)
+    if t.cuda_graphs:
+        _check_cuda_graphs(t.device)
 
     if d.dataset != "synthetic":
         missing = missing_local_path(d.dataset)
@@ -155,6 +157,17 @@ def _check_device(device: str) -> None:
                               f"{torch.__version__}); use --device cpu or auto")
         if index and int(index) >= torch.cuda.device_count():
             raise ConfigError(f"train.device={device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+
+
+def _check_cuda_graphs(device: str) -> None:
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("train.cuda_graphs=true runs in one process (DDP's gradient all-reduce is not captured); "
+                          "drop --cuda_graphs under torchrun")
+    if device.strip().lower() == "cpu" or not torch.cuda.is_available():
+        raise ConfigError(f"train.cuda_graphs=true needs a CUDA GPU, and this run is on the CPU (device={device!r}); "
+                          f"drop --cuda_graphs")
 
 
 # ----------------------------------------------------------------------------- errors that are the user's to fix

@@ -85,6 +85,8 @@ class TrainConfig:
     keep_checkpoints: int = _f(2, "resumable checkpoints to keep (plus the best)", min=1)
     compile: str = _f("auto", "torch.compile each transformer block: auto (on CUDA), true or false",
                       choices=("auto", "true", "false"))
+    cuda_graphs: bool = _f(False, "replay each micro-step's forward + backward as a CUDA graph (one per input shape): "
+                                  "no kernel launches from Python; CUDA and one process only")
     fused_kernels: str = _f("auto", "Liger-Kernel's RMSNorm / SwiGLU or GeGLU / RoPE in the LM on CUDA, when "
                                     "installed: auto (only in blocks that are not compiled: compiled blocks fuse "
                                     "these ops themselves), true (also in compiled blocks) or false (never)",

@@ -12,19 +12,24 @@ for the GPU. The caller finds out at its next read and stops the run.
 Compilation is per transformer block (every layer of the vision encoder and of the LM, each with
 `Module.compile`): the blocks of a stack share one compiled graph, so compile time stays short,
 and the glue between them (embedding, masks, loss) runs eagerly without graph breaks to worry about.
+With `--cuda_graphs true`, forward and backward of each micro-step are replayed CUDA graphs
+(`nanovlm.graphs`: `graphs = cuda_graphs_for(step_model, tc, device)`, passed to `train_step`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from nanovlm.config import TrainConfig
+from nanovlm.config import ConfigError, TrainConfig
 from nanovlm.distributed import Dist
+
+if TYPE_CHECKING:
+    from nanovlm.graphs import MicroStepGraphs
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +120,9 @@ def prepare(model: nn.Module, tc: TrainConfig, device: torch.device, dist: Dist 
     applied = apply_fused_kernels(model, device) if use_fused_kernels(tc, compiled) else []
     if compiled:
         applied.append(f"compiled {compile_blocks(model)} blocks")
+    if tc.cuda_graphs and device.type == "cuda":
+        model.loss_backend = "chunked"  # Liger's loss reads its target count with .item(), which a capture forbids
+        applied.append("CUDA graphs of the micro-steps")
     if applied:
         log.info("training step: %s", ", ".join(applied))
     if dist.enabled:
@@ -122,16 +130,11 @@ def prepare(model: nn.Module, tc: TrainConfig, device: torch.device, dist: Dist 
     return model
 
 
-def train_step(step_model: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer,
-               micro_batches: list[dict[str, torch.Tensor]], autocast: Any, max_grad_norm: float,
-               dist: Dist = Dist()) -> torch.Tensor:
-    """Forward/backward over the micro-batches, clip, AdamW -> (3,) device tensor [loss, grad_norm, skipped].
-
-    `loss` is the mean over micro-batches (and ranks) of each micro-batch's mean answer-token loss;
-    `skipped` is 1.0 when the loss or the gradient norm was not finite and the update was skipped.
-    """
+def forward_backward(step_model: nn.Module, micro_batches: list[dict[str, torch.Tensor]], autocast: Any,
+                     dist: Dist = Dist()) -> torch.Tensor:
+    """Gradients of the mean loss over the micro-batches, added to p.grad -> that mean (this rank's), on the device."""
     n = len(micro_batches)
-    loss_sum = torch.zeros((), device=next(model.parameters()).device)
+    loss_sum = torch.zeros((), device=next(step_model.parameters()).device)
     for i, inputs in enumerate(micro_batches):
         # DDP all-reduces gradients on the last micro-step only
         sync = i == n - 1 or not dist.enabled
@@ -139,6 +142,33 @@ def train_step(step_model: nn.Module, model: nn.Module, optimizer: torch.optim.O
             loss = step_model(**inputs) / n
         loss.backward()
         loss_sum += loss.detach()
+    return loss_sum
+
+
+def cuda_graphs_for(step_model: nn.Module, tc: TrainConfig, device: torch.device) -> MicroStepGraphs | None:
+    """The replayed micro-steps of `--cuda_graphs true` (`nanovlm.graphs`), else None (the eager loop)."""
+    if not tc.cuda_graphs:
+        return None
+    if device.type != "cuda":  # nanovlm.checks.check_config says so before a run starts
+        raise ConfigError(f"train.cuda_graphs=true needs a CUDA GPU, and this step runs on {device.type}")
+    from nanovlm.graphs import MicroStepGraphs
+
+    return MicroStepGraphs(step_model)
+
+
+def train_step(step_model: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer,
+               micro_batches: list[dict[str, torch.Tensor]], autocast: Any, max_grad_norm: float,
+               dist: Dist = Dist(), graphs: MicroStepGraphs | None = None) -> torch.Tensor:
+    """Forward/backward over the micro-batches, clip, AdamW -> (3,) device tensor [loss, grad_norm, skipped].
+
+    `loss` is the mean over micro-batches (and ranks) of each micro-batch's mean answer-token loss;
+    `skipped` is 1.0 when the loss or the gradient norm was not finite and the update was skipped.
+    With `graphs` (`cuda_graphs_for`), forward and backward are replayed CUDA graphs.
+    """
+    if graphs is None:
+        loss_sum = forward_backward(step_model, micro_batches, autocast, dist)
+    else:
+        loss_sum = graphs.forward_backward(micro_batches)
     loss_sum = dist.all_reduce_sum(loss_sum) / dist.world_size
     grad_norm = nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm or float("inf"))
     # Gradients are all-reduced, so every rank sees the same norm and skips the same steps.
@@ -146,5 +176,6 @@ def train_step(step_model: nn.Module, model: nn.Module, optimizer: torch.optim.O
     optimizer.found_inf = skipped  # read by the fused AdamW kernel: no update when 1
     optimizer.grad_scale = None
     optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    # The graphs add into the .grad tensors they were recorded with: zero those in place.
+    optimizer.zero_grad(set_to_none=graphs is None)
     return torch.stack([loss_sum, grad_norm.to(loss_sum.dtype), skipped])

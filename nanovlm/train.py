@@ -36,7 +36,7 @@ from nanovlm.data.packing import bucket, collate_rows, model_inputs, pack
 from nanovlm.distributed import Dist
 from nanovlm.flops import FlopsCounter, peak_tflops
 from nanovlm.optim import apply_freezing, build_optimizer, set_lr, set_train_mode
-from nanovlm.step import autocast_for, prepare, train_step
+from nanovlm.step import autocast_for, cuda_graphs_for, prepare, train_step
 from nanovlm.tracking import NullTracker, Tracker
 
 
@@ -175,6 +175,7 @@ def train(model: Any, train_set: Any, val_set: Any, cfg: ExperimentConfig, run_d
         state.samples_seen = state.positions[dist.rank] if state.positions else state.samples_seen
     inference_attention = model.lm.config._attn_implementation  # restored for evaluation after training
     step_model = prepare(model, tc, device, dist)  # attention kernel, fused kernels, compiled blocks, DDP
+    graphs = cuda_graphs_for(step_model, tc, device)  # None: forward/backward run eagerly
     autocast = autocast_for(device)
 
     # Data: each rank reads its own shard, from where the checkpoint stopped.
@@ -220,7 +221,7 @@ def train(model: Any, train_set: Any, val_set: Any, cfg: ExperimentConfig, run_d
         data_wait = time.perf_counter() - t0
 
         numbers = train_step(step_model, model, optimizer, [model_inputs(b, device) for b in micro_batches],
-                             autocast, tc.max_grad_norm, dist)  # (loss, grad_norm, skipped), still on the device
+                             autocast, tc.max_grad_norm, dist, graphs)  # (loss, grad_norm, skipped), on the device
         state.step += 1
         unread.append((state.step, numbers, {metric_names.DATA_WAIT_S: data_wait, **{metric_names.lr_name(g): lr for g, lr in lrs.items()}}))
         progress.update(1)

@@ -122,6 +122,7 @@ def measure(cfg: ExperimentConfig, batch_size: int = 1, seq_len: int = 128, step
     apply_freezing(model, cfg.train)
     optimizer = build_optimizer(model, cfg.train)
     step_model = training_step.prepare(model, cfg.train, dev)
+    graphs = training_step.cuda_graphs_for(step_model, cfg.train, dev)
     autocast = training_step.autocast_for(dev)
     set_train_mode(model, cfg.train, True)
     inputs = model_inputs(batch, dev)
@@ -134,7 +135,8 @@ def measure(cfg: ExperimentConfig, batch_size: int = 1, seq_len: int = 128, step
             _sync(dev)
             t0 = time.perf_counter()
             clock.mark("start")
-            out = training_step.train_step(step_model, model, optimizer, micro_batches, autocast, cfg.train.max_grad_norm)
+            out = training_step.train_step(step_model, model, optimizer, micro_batches, autocast, cfg.train.max_grad_norm,
+                                           graphs=graphs)
             _sync(dev)
             step_times.append(time.perf_counter() - t0)
             fb, opt = clock.split()
@@ -143,7 +145,7 @@ def measure(cfg: ExperimentConfig, batch_size: int = 1, seq_len: int = 128, step
             outs.append(out)
     if trace:  # after the peak-memory window: the profiler's own buffers are not the step's
         write_trace(lambda: training_step.train_step(step_model, model, optimizer, micro_batches, autocast,
-                                                     cfg.train.max_grad_norm), dev, 3, trace)
+                                                     cfg.train.max_grad_norm, graphs=graphs), dev, 3, trace)
     timed = slice(warmup, None)
     step_s = statistics.median(step_times[timed])
     last_loss, _, _ = outs[-1].tolist()

@@ -126,6 +126,8 @@ def profile_row(name: str, cfg: ExperimentConfig, a: argparse.Namespace, common_
     started = time.perf_counter()
     counts = count_parameters(cfg)
     run_name = f"{name}-{a.device}-bs{a.batch_size}-seq{a.seq_len}" + (f"-packed{a.sample_len}" if a.packed else "")
+    run_name += "".join(f"-{field.rsplit('.', 1)[-1]}={value}" for field, _, value in  # --set rows apart
+                        (item.partition("=") for item in a.set))
     # The parent never touches CUDA (a context would cost the GPU memory the row is measured on):
     # on CUDA the worker's exact device name replaces this provisional tag.
     device = device_description(torch.device("cpu")) if a.device == "cpu" else a.device
@@ -213,6 +215,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--sample_len {a.sample_len} does not fit a row of --seq_len {a.seq_len}")
     if a.warmup < 0:
         p.error("--warmup must be >= 0")
+    if a.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            p.error(f"--device cuda: this machine has no CUDA device (torch {torch.__version__}); use --device cpu")
     if a.trace_dir:
         try:
             os.makedirs(a.trace_dir, exist_ok=True)

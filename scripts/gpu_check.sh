@@ -7,14 +7,17 @@
 # a stage that would start with under 45 s left is skipped and says so.
 #   1. profile_small  reports.profile original_small: 16 packed rows of 2048 tokens (8 samples of 256
 #                     each), compiled blocks, bf16; then 3 steps under torch.profiler (OUT_DIR/traces.txt)
-#   2. tests          pytest -m gpu tests/test_gpu.py tests/test_loss.py tests/test_reports.py
-#   3. run            experiments.run original_small --random_init on the synthetic set: micro-steps of
+#   2. tests          pytest -m gpu tests/test_gpu.py tests/test_loss.py tests/test_reports.py (CUDA graphs
+#                     against eager steps, Liger against plain modules, sync-free compiled step, ...)
+#   3. profile_graphs stage 1 at 4 rows (a host-bound step), without and with --cuda_graphs true
+#   4. run            experiments.run original_small --random_init on the synthetic set: micro-steps of
 #                     16 packed 2048-token rows, 8 of them per step, 8 DataLoader workers, 30 steps;
 #                     train/mfu and train/data_wait_s every 5 steps, two py-spy stack dumps (if installed)
-#   4. profile_liger  stage 1 with --set train.fused_kernels=true: Liger's RMSNorm / SwiGLU / RoPE in the
+#   5. profile_liger  stage 1 with --set train.fused_kernels=true: Liger's RMSNorm / SwiGLU / RoPE in the
 #                     compiled blocks, against inductor's own fusion of them (the default, fused_kernels=auto)
-#   5. profile_more   dinov3_gemma and default, 4 rows
-# Logs go to OUT_DIR/<stage>.log, and the lines the README quotes to OUT_DIR/summary.txt (8 files in all).
+#   6. profile_more   dinov3_gemma and default, 4 rows
+# Logs go to OUT_DIR/<stage>.log, and the lines the README quotes to OUT_DIR/summary.txt: 8 files in
+# all, as many as a GPU lease returns.
 # Work files (MLflow store, run folders) go to a temporary folder; the checkout is not written to.
 # GPU_CHECK_STAGES picks stages and their order (comma-separated); GPU_CHECK_TESTS is a pytest -k
 # expression; GPU_CHECK_ROWS the rows of profile_small/profile_liger; GPU_CHECK_STEPS and
@@ -81,17 +84,19 @@ stack_dumps() {  # two py-spy dumps of the training process, 75 and 85 s in (whe
     [[ -n $pid ]] && for _ in 1 2; do py-spy dump --pid "$pid"; sleep 10; done
 }
 
-IFS=, read -ra stages <<<"${GPU_CHECK_STAGES:-profile_small,tests,run,profile_liger,profile_more}"
+IFS=, read -ra stages <<<"${GPU_CHECK_STAGES:-profile_small,tests,profile_graphs,run,profile_liger,profile_more}"
 for name in "${stages[@]}"; do
     case $name in
         profile_small) stage profile_small 120 "${profile[@]}" "${rows[@]}" --presets original_small ;;
         profile_liger) stage profile_liger 120 "${profile[@]}" "${rows[@]}" --presets original_small \
             --set train.fused_kernels=true ;;
+        profile_graphs) stage profile_graphs 180 bash -c '"$@" --set train.cuda_graphs=false; "$@" --set \
+            train.cuda_graphs=true' _ "${profile[@]}" --batch_size 4 --presets original_small ;;
         profile_more) stage profile_more 150 "${profile[@]}" --batch_size 4 --presets dinov3_gemma,default ;;
         tests) stage tests 170 python3 -m pytest -q -p no:cacheprovider -m gpu -k "${GPU_CHECK_TESTS:-}" \
             "$root/tests/test_gpu.py" "$root/tests/test_loss.py" "$root/tests/test_reports.py" ;;
         run)
-            stack_dumps >"$out/stacks.txt" 2>&1 &
+            stack_dumps >"$work/stacks.txt" 2>&1 &
             # TORCH_LOGS=recompiles: a recompilation after the first steps would show here, with its cause.
             stage run 150 env TORCH_LOGS=recompiles python3 -m experiments.run original_small --random_init \
                 --experiment gpu_check --output_dir "$work/runs" --max_length 2048 --batch_size 16 \
@@ -101,7 +106,7 @@ for name in "${stages[@]}"; do
                 --save_checkpoint_steps 1000
             run_metrics >>"$out/run.log" 2>&1
             kill %1 2>/dev/null ;;
-        *) echo "unknown stage $name (profile_small, tests, run, profile_liger, profile_more)" >&2; exit 2 ;;
+        *) echo "unknown stage $name (profile_small, tests, profile_graphs, run, profile_liger, profile_more)" >&2; exit 2 ;;
     esac
 done
 
@@ -117,7 +122,9 @@ done
     echo "recompilations logged: $(grep -c "Recompiling function" "$out/run.log" 2>/dev/null)"
     echo "total: $((SECONDS - start)) s"
 } >>"$summary"
-# One file of traces (a GPU lease returns few files): each row's tables under its run name.
-for f in "$work"/traces/*.txt; do [[ -e $f ]] && { echo "=== $(basename "$f" .txt)"; cat "$f"; }; done >"$out/traces.txt"
+# One file of traces (a GPU lease returns few files): each row's tables under its run name, and the
+# run's py-spy stacks last.
+for f in "$work"/traces/*.txt "$work/stacks.txt"; do [[ -e $f ]] && { echo "=== $(basename "$f" .txt)"; cat "$f"; }; done \
+    >"$out/traces.txt"
 cat "$summary"
 rm -rf "$work"

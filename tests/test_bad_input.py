@@ -67,6 +67,7 @@ CONFIG_CASES = [
     (["--dataset", "data/nope.parquet"], "no such file or directory: data/nope.parquet"),
     (["--dataset", "./nope"], "no such file or directory: ./nope"),
     (["--set", "train.batch_size=0", "--dry_run"], "train.batch_size=0"),  # checked before the dry run too
+    (["--cuda_graphs", "--device", "cpu"], "train.cuda_graphs=true needs a CUDA GPU, and this run is on the CPU"),
 ]
 if not torch.cuda.is_available():
     CONFIG_CASES.append((["--device", "cuda"], "train.device='cuda': this machine has no CUDA device"))
@@ -77,6 +78,12 @@ def test_bad_config_is_one_line_before_anything_starts(home, capsys, extra, mess
     assert run.main([*TINY, *extra]) == 2
     assert message in _error(capsys)
     assert not (home / "mlflow.db").exists() and not (home / "runs").exists()  # no MLflow run, no folder
+
+
+def test_cuda_graphs_under_torchrun_is_one_line(home, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert run.main([*TINY, "--cuda_graphs", "--dry_run"]) == 2
+    assert "cuda_graphs=true runs in one process" in _error(capsys)
 
 
 def test_local_looking_backbone_typo_is_not_blamed_on_the_hub(home, capsys):

@@ -103,6 +103,35 @@ def test_compiled_step_is_sync_free_and_does_not_recompile(language):
     assert all(math.isfinite(loss) and skipped == 0 for loss, _, skipped in values)
 
 
+def test_cuda_graph_steps_match_the_eager_steps():
+    from nanovlm.step import cuda_graphs_for
+
+    batches = list(_batches(_model("smollm"), 6, seed=2))
+    steps = [batches[0:3], batches[3:6], batches[2::-1], batches[3:6]]  # every batch twice: eager, then a graph
+    results = {}
+    for graphed in (False, True):
+        torch._dynamo.reset()
+        model = _model("smollm")  # the same initial weights each time
+        tc = TrainConfig(compile="true", attention="flex_attention", cuda_graphs=graphed)
+        optimizer = build_optimizer(model, tc)
+        model.loss_backend = "chunked"  # what prepare picks for graphs; the same loss for both
+        step_model = prepare(model, tc, CUDA)
+        graphs = cuda_graphs_for(step_model, tc, CUDA)
+        assert (graphs is not None) == graphed
+        outs = [train_step(step_model, model, optimizer, [model_inputs(b, CUDA) for b in step], autocast_for(CUDA),
+                           1.0, graphs=graphs) for step in steps]
+        results[graphed] = (torch.stack(outs).cpu(), [p.detach().clone() for p in model.parameters()])
+        if graphed:
+            keys = {tuple((k, tuple(v.shape)) for k, v in model_inputs(b, CUDA).items() if v is not None)
+                    for b in batches}
+            assert len(graphs.graphs) == len(keys)  # one graph per input shape, each replayed
+    (eager, eager_params), (replayed, replayed_params) = results[False], results[True]
+    assert replayed[:, 2].sum() == 0  # no step skipped
+    torch.testing.assert_close(replayed[:, :2], eager[:, :2], rtol=1e-3, atol=1e-4)  # loss, grad norm per step
+    for a, b in zip(replayed_params, eager_params):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+
+
 def test_fused_loss_backend_matches_plain_in_a_step():
     from nanovlm.model.loss import pick_backend
 

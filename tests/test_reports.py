@@ -14,6 +14,7 @@ import re
 
 import pandas as pd
 import pytest
+import torch
 
 from experiments.presets import get_preset
 from nanovlm import metrics as metric_names
@@ -113,6 +114,13 @@ def test_an_unwritable_trace_dir_is_one_line_and_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         profile.parse_args(["--device", "cpu", "--trace_dir", str(tmp_path / "file" / "traces")])
     assert exit_.value.code == 2 and "--trace_dir" in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_cuda_without_a_gpu_is_one_line_and_exit_2(capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_:
+        profile.parse_args(["--device", "cuda"])
+    assert exit_.value.code == 2 and "--device cuda: this machine has no CUDA device" in capsys.readouterr().err
 
 
 def test_packed_flags_and_their_defaults():

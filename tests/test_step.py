@@ -151,3 +151,40 @@ def test_liger_kernels_go_only_into_blocks_that_are_not_compiled_unless_asked(se
     from nanovlm.step import use_fused_kernels
 
     assert use_fused_kernels(TrainConfig(fused_kernels=setting), compiled) is expected
+
+
+def test_cuda_graphs_are_off_by_default_and_refused_off_cuda():
+    from nanovlm.config import ConfigError
+    from nanovlm.step import cuda_graphs_for
+
+    model = _fresh()
+    assert cuda_graphs_for(model, TrainConfig(), torch.device("cpu")) is None
+    with pytest.raises(ConfigError, match="cuda_graphs=true needs a CUDA GPU"):
+        cuda_graphs_for(model, TrainConfig(cuda_graphs=True), torch.device("cpu"))
+
+
+def test_what_a_cuda_graph_records_computes_what_the_eager_loop_does():
+    """The graphs' micro-step (run here without a capture, on the CPU) against nanovlm.step.forward_backward:
+    the same loss and gradients, added in place into .grad tensors that outlive the step."""
+    import contextlib
+
+    from nanovlm.graphs import MicroStepGraphs
+    from nanovlm.step import forward_backward
+
+    batches = [model_batch(_fresh(), _samples(_fresh(), [q], [a])) for q, a in
+               [("What colour?", "red"), ("Where is the square?", "top left"), ("How many?", "two")]]
+    eager = _fresh()
+    eager_loss = forward_backward(eager, batches, CPU)
+
+    model = _fresh()
+    graphs = MicroStepGraphs(model, autocast=contextlib.nullcontext())
+    for step in range(2):  # the second step starts from the first one's gradients, zeroed in place
+        graphs.start_step(len(batches))
+        for inputs in batches:
+            graphs.micro_step(inputs)
+        if step == 0:
+            grads = {id(p): p.grad for p in model.parameters()}
+            model.zero_grad(set_to_none=False)
+    assert all(p.grad is grads[id(p)] for p in model.parameters())  # the same tensors: what a graph writes into
+    assert torch.equal(graphs.loss_sum, eager_loss) and eager_loss > 0
+    assert all(torch.equal(a.grad, b.grad) for a, b in zip(model.parameters(), eager.parameters()))
