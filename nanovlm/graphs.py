@@ -12,7 +12,10 @@ How (the "whole network capture" recipe of PyTorch's CUDA graphs notes, without 
 - Every trained parameter gets its `.grad` once, zeroed in place after each optimizer step. The
   captured backward adds into those tensors (AccumulateGrad adds in place when `.grad` exists), so
   gradient accumulation copies nothing. Not torch.compile's mode="reduce-overhead": its graphs own
-  the gradients they return, which breaks gradient accumulation (pytorch/pytorch#169545).
+  the gradients they return, which breaks gradient accumulation (pytorch/pytorch#169545). One
+  difference from the eager step: a parameter that gets no gradient in a whole step (the vision
+  encoder, when no micro-batch has an image) has a zero .grad rather than None, so AdamW still
+  moves it by its momentum.
 - Inputs are copied into the graph's static tensors before each replay, so the collator's buckets
   (row count, loss slots, images) give a handful of shapes, each with its own graph. The first
   micro-batch of a shape runs eagerly (it compiles the blocks for it and warms up the libraries; its
@@ -59,6 +62,7 @@ class MicroStepGraphs:
         self.graphs: dict[tuple, _Graph] = {}
         self.pool: Any = None  # the graphs' shared memory pool, made at the first capture
         self.side: torch.cuda.Stream | None = None  # the stream of the eager micro-steps
+        self.grads: list[torch.Tensor] = []  # the trained parameters' .grad, for the whole run
 
     def forward_backward(self, micro_batches: list[Inputs]) -> torch.Tensor:
         """Gradients of mean(loss over micro_batches) added to p.grad -> that mean, on the device."""
@@ -79,9 +83,12 @@ class MicroStepGraphs:
         return self.loss_sum.clone()  # the static sum is overwritten by the next step
 
     def start_step(self, n: int) -> None:
-        for p in self.params:  # allocated once: the graphs add into these tensors
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
+        """Before a step's micro-batches: the .grad tensors the graphs add into (made at the first step, and
+        put back, zeroed, if anything set them to None), the loss sum at 0 and the count at n."""
+        self.grads = self.grads or [torch.zeros_like(p) for p in self.params]
+        for p, grad in zip(self.params, self.grads):
+            if p.grad is not grad:  # a graph writes into `grad` whatever p.grad is: they must stay one
+                p.grad = grad.zero_()
         self.loss_sum.zero_()
         self.count.fill_(n)
 

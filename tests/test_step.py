@@ -184,7 +184,7 @@ def test_what_a_cuda_graph_records_computes_what_the_eager_loop_does():
             graphs.micro_step(inputs)
         if step == 0:
             grads = {id(p): p.grad for p in model.parameters()}
-            model.zero_grad(set_to_none=False)
+            model.zero_grad(set_to_none=True)  # as the eager step does: the graphs' tensors are put back, zeroed
     assert all(p.grad is grads[id(p)] for p in model.parameters())  # the same tensors: what a graph writes into
     assert torch.equal(graphs.loss_sum, eager_loss) and eager_loss > 0
     assert all(torch.equal(a.grad, b.grad) for a, b in zip(model.parameters(), eager.parameters()))
