@@ -33,6 +33,7 @@ GPU test: `tests/test_gpu.py::test_cuda_graph_steps_match_the_eager_steps`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -43,7 +44,7 @@ Inputs = dict[str, torch.Tensor | None]
 
 @dataclass
 class _Graph:
-    graph: torch.cuda.CUDAGraph
+    graph: Any  # a torch.cuda.CUDAGraph (anything with replay())
     inputs: Inputs  # the static tensors the graph reads
 
 
@@ -111,10 +112,14 @@ class MicroStepGraphs:
 
     def _capture(self, inputs: Inputs) -> _Graph:
         static = {name: None if t is None else t.clone() for name, t in inputs.items()}
+        return _Graph(self._record(lambda: self.micro_step(static)), static)
+
+    def _record(self, fn: Callable[[], None]) -> torch.cuda.CUDAGraph:
+        """fn's kernels as a CUDA graph: recorded, not run."""
         self.pool = self.pool or torch.cuda.graph_pool_handle()
         torch.cuda.synchronize()
         torch.cuda.empty_cache()  # the eager steps' cached blocks, so that the graph pool can have them
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):  # recorded, not run
-            self.micro_step(static)
-        return _Graph(graph, static)
+        with torch.cuda.graph(graph, pool=self.pool):
+            fn()
+        return graph

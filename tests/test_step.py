@@ -163,28 +163,46 @@ def test_cuda_graphs_are_off_by_default_and_refused_off_cuda():
         cuda_graphs_for(model, TrainConfig(cuda_graphs=True), torch.device("cpu"))
 
 
-def test_what_a_cuda_graph_records_computes_what_the_eager_loop_does():
-    """The graphs' micro-step (run here without a capture, on the CPU) against nanovlm.step.forward_backward:
-    the same loss and gradients, added in place into .grad tensors that outlive the step."""
+def test_cuda_graph_bookkeeping_gives_the_eager_steps(monkeypatch):
+    """MicroStepGraphs on the CPU, with a stand-in for the CUDA parts: a "graph" whose replay runs the
+    recorded micro-step again on its static inputs, as a replayed CUDA graph reads them. Per input shape:
+    eager first, then recorded and replayed; inputs copied in before each replay; gradients accumulated
+    into the same .grad tensors, also after something set them to None. The steps must equal the eager ones."""
     import contextlib
 
     from nanovlm.graphs import MicroStepGraphs
-    from nanovlm.step import forward_backward
 
-    batches = [model_batch(_fresh(), _samples(_fresh(), [q], [a])) for q, a in
-               [("What colour?", "red"), ("Where is the square?", "top left"), ("How many?", "two")]]
-    eager = _fresh()
-    eager_loss = forward_backward(eager, batches, CPU)
+    class Replayed:
+        def __init__(self, fn):
+            self.fn = fn
 
-    model = _fresh()
-    graphs = MicroStepGraphs(model, autocast=contextlib.nullcontext())
-    for step in range(2):  # the second step starts from the first one's gradients, zeroed in place
-        graphs.start_step(len(batches))
-        for inputs in batches:
-            graphs.micro_step(inputs)
-        if step == 0:
-            grads = {id(p): p.grad for p in model.parameters()}
-            model.zero_grad(set_to_none=True)  # as the eager step does: the graphs' tensors are put back, zeroed
-    assert all(p.grad is grads[id(p)] for p in model.parameters())  # the same tensors: what a graph writes into
-    assert torch.equal(graphs.loss_sum, eager_loss) and eager_loss > 0
-    assert all(torch.equal(a.grad, b.grad) for a, b in zip(model.parameters(), eager.parameters()))
+        def replay(self):
+            self.fn()
+
+    monkeypatch.setattr(MicroStepGraphs, "_record", lambda self, fn: Replayed(fn))
+    monkeypatch.setattr(MicroStepGraphs, "_eager", MicroStepGraphs.micro_step)
+    samples = _samples(_fresh(), ["What colour?", "Where is the square in this picture?", "How many?", "Which?"],
+                       ["red", "top left", "two", "the blue circle on the right"])
+    batches = [model_batch(_fresh(), samples[:2]), model_batch(_fresh(), samples[2:]),
+               model_batch(_fresh(), samples[1:])]
+    dimmed = [{**b, "images": b["images"] * 0.5} for b in batches]  # same shapes, other values
+    steps = [batches[:2], [batches[1], dimmed[2]], [dimmed[0], batches[2]], dimmed[::-1]]
+    results = []
+    for graphed in (False, True):
+        model = _fresh()
+        optimizer = build_optimizer(model, TrainConfig())
+        graphs = MicroStepGraphs(model, autocast=contextlib.nullcontext()) if graphed else None
+        outs = []
+        for i, step in enumerate(steps):
+            outs.append(train_step(model, model, optimizer, step, CPU, 1.0, graphs=graphs))
+            if graphed and i == 1:
+                grads = [p.grad for p in model.parameters()]
+                model.zero_grad(set_to_none=True)  # the graphs' tensors come back, zeroed
+        if graphed:
+            assert all(p.grad is g for p, g in zip(model.parameters(), grads))
+            shapes = {tuple(v.shape for v in b.values() if v is not None) for b in batches}
+            assert len(shapes) == 3 and len(graphs.graphs) == 3  # each shape recorded once, at its second use
+        results.append((torch.stack(outs), [p.detach().clone() for p in model.parameters()]))
+    (eager, eager_params), (replayed, replayed_params) = results
+    assert torch.equal(replayed, eager) and eager[:, 2].sum() == 0
+    assert all(torch.equal(a, b) for a, b in zip(replayed_params, eager_params))
