@@ -33,6 +33,7 @@ from nanovlm.checkpoint import TrainerState, load_training_checkpoint, save_best
 from nanovlm.config import ConfigError, ExperimentConfig, to_dict
 from nanovlm.data.collate import ResumableSampler
 from nanovlm.data.packing import bucket, collate_rows, model_inputs, pack
+from nanovlm.data.prefetch import prefetch
 from nanovlm.distributed import Dist
 from nanovlm.flops import FlopsCounter, peak_tflops
 from nanovlm.optim import apply_freezing, build_optimizer, set_lr, set_train_mode
@@ -185,7 +186,8 @@ def train(model: Any, train_set: Any, val_set: Any, cfg: ExperimentConfig, run_d
     else:
         sampler = ResumableSampler(len(train_set), tc.seed, state.samples_seen, dist.rank, dist.world_size)
         train_samples = sample_stream(train_set, sampler, workers)
-    train_batches = batches(train_samples, model, cfg, device)
+    # packed, collated and pinned in a thread, a step ahead, while the device runs the current one
+    train_batches = prefetch(batches(train_samples, model, cfg, device), tc.gradient_accumulation_steps, device)
     val_indices = range(dist.rank, len(val_set), dist.world_size)
     val_batches = lambda: batches(sample_stream(val_set, val_indices, min(workers, 2)), model, cfg, device)  # noqa: E731
 
