@@ -438,3 +438,14 @@ def test_profiles_from_before_packing_group_with_unpacked_ones_of_the_same_setti
     ])
     rows, _, _ = collect_rows(frame)
     assert sorted(row.profile["run_id"] for row in rows) == ["new", "packed"]  # "old" is the same row as "new"
+
+
+def test_the_loader_benchmark_measures_batches_made_during_steps(capsys):
+    from reports import loader
+
+    assert loader.main(["--preset", "tiny", "--num_workers", "0", "--batches", "3", "--step_ms", "20"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "a 20 ms step per batch, prefetched" in line and re.search(r"[1-9]\d* samples/s", line)
+    with pytest.raises(SystemExit) as exit_:
+        loader.main(["--step_ms", "-1"])
+    assert exit_.value.code == 2
