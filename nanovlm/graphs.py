@@ -1,8 +1,8 @@
 """CUDA graphs of the training micro-step: forward + backward recorded once per input shape, then replayed.
 
-    graphs = MicroStepGraphs(step_model) if tc.cuda_graphs else None     # CUDA, one process
+    graphs = cuda_graphs_for(step_model, tc, device)   # nanovlm.step: None unless --cuda_graphs true
     loss_sum = graphs.forward_backward(micro_batches)  # like nanovlm.step.forward_backward; grads in p.grad
-    optimizer.step(); optimizer.zero_grad(set_to_none=False)           # the .grad tensors stay where they are
+    optimizer.step(); optimizer.zero_grad(set_to_none=False)  # the .grad tensors stay where they are
 
 Why: even with compiled blocks, a micro-step launches thousands of kernels from Python. With few rows
 per micro-step the GPU waits for the host (H200, original_small, 4 rows of 2048 tokens: 57 ms of
@@ -32,8 +32,8 @@ GPU test: `tests/test_gpu.py::test_cuda_graph_steps_match_the_eager_steps`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch

@@ -53,7 +53,8 @@ def prefetch(items: Iterator[T], depth: int, device: torch.device | None = None)
                 torch.cuda.set_device(device)
             # Its tensor ops are small (collating, and decoding with 0 workers): a team of OpenMP threads
             # for them costs more than it saves (original_small, 0 workers, 2 cores: 730 -> 1020 samples/s).
-            # The main thread keeps its own setting; threads started meanwhile begin with 1 too.
+            # The main thread keeps its own setting; threads started meanwhile begin with 1 too, and MKL's
+            # dynamic thread count is off from here on (torch.set_num_threads turns it off for the process).
             torch.set_num_threads(1)
             for item in items:
                 if not put((item, None)):
