@@ -53,13 +53,14 @@ class MicroStepGraphs:
 
     def __init__(self, step_model: nn.Module, autocast: Any = None):
         self.step_model = step_model
+        step_model.loss_backend = "chunked"  # Liger's loss reads its target count with .item(): a capture forbids it
         self.params = [p for p in step_model.parameters() if p.requires_grad]
         device = self.params[0].device
         # bf16 as nanovlm.step.autocast_for, without the weight-cast cache
         self.autocast = autocast or torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
         self.loss_sum = torch.zeros((), device=device)  # sum over micro-batches of loss / n
         self.count = torch.ones((), device=device)  # n, the micro-batches of the step
-        self.seen: dict[tuple, int] = {}  # shape key -> micro-batches run with it
+        self.seen: set[tuple] = set()  # shape keys run eagerly once
         self.graphs: dict[tuple, _Graph] = {}
         self.pool: Any = None  # the graphs' shared memory pool, made at the first capture
         self.side: torch.cuda.Stream | None = None  # the stream of the eager micro-steps
@@ -70,13 +71,13 @@ class MicroStepGraphs:
         self.start_step(len(micro_batches))
         for inputs in micro_batches:
             key = tuple((name, None if t is None else (tuple(t.shape), t.dtype)) for name, t in inputs.items())
-            graph = self.graphs.get(key)
-            if graph is None and self.seen.get(key, 0) >= 1:
-                graph = self.graphs[key] = self._capture(inputs)
-            if graph is None:
-                self.seen[key] = self.seen.get(key, 0) + 1
+            if key not in self.seen:  # first of its shape: eager (compiles, warms up; its gradients count)
+                self.seen.add(key)
                 self._eager(inputs)
                 continue
+            graph = self.graphs.get(key)
+            if graph is None:  # second of its shape: recorded now, replayed from here on
+                graph = self.graphs[key] = self._capture(inputs)
             for name, tensor in inputs.items():
                 if tensor is not None:
                     graph.inputs[name].copy_(tensor, non_blocking=True)

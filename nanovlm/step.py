@@ -120,9 +120,6 @@ def prepare(model: nn.Module, tc: TrainConfig, device: torch.device, dist: Dist 
     applied = apply_fused_kernels(model, device) if use_fused_kernels(tc, compiled) else []
     if compiled:
         applied.append(f"compiled {compile_blocks(model)} blocks")
-    if tc.cuda_graphs and device.type == "cuda":
-        model.loss_backend = "chunked"  # Liger's loss reads its target count with .item(), which a capture forbids
-        applied.append("CUDA graphs of the micro-steps")
     if applied:
         log.info("training step: %s", ", ".join(applied))
     if dist.enabled:
@@ -153,6 +150,7 @@ def cuda_graphs_for(step_model: nn.Module, tc: TrainConfig, device: torch.device
         raise ConfigError(f"train.cuda_graphs=true needs a CUDA GPU, and this step runs on {device.type}")
     from nanovlm.graphs import MicroStepGraphs
 
+    log.info("training step: CUDA graphs of the micro-steps, with the chunked loss")
     return MicroStepGraphs(step_model)
 
 

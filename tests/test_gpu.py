@@ -114,7 +114,7 @@ def test_cuda_graph_steps_match_the_eager_steps():
         model = _model("smollm")  # the same initial weights each time
         tc = TrainConfig(compile="true", attention="flex_attention", cuda_graphs=graphed)
         optimizer = build_optimizer(model, tc)
-        model.loss_backend = "chunked"  # what prepare picks for graphs; the same loss for both
+        model.loss_backend = "chunked"  # what the graphs pick; the same loss for both
         step_model = prepare(model, tc, CUDA)
         graphs = cuda_graphs_for(step_model, tc, CUDA)
         assert (graphs is not None) == graphed
