@@ -105,8 +105,9 @@ def batches(samples: Iterator[Any], model: Any, cfg: ExperimentConfig, device: t
     row_length = cfg.data.max_length
     for rows, consumed, skipped in pack(samples, cfg.train.batch_size, row_length, cfg.train.packing):
         # packed rows are always full length; single samples are padded to a bucket (a few shapes)
-        longest = max((len(s["input_ids"]) for row in rows for s in row), default=1)
-        width = row_length if cfg.train.packing else min(row_length, bucket(longest))
+        width = row_length
+        if not cfg.train.packing:
+            width = min(row_length, bucket(max((s["input_ids"].shape[0] for row in rows for s in row), default=1)))
         cuda = device.type == "cuda"  # pinned host memory: the copy to the GPU runs asynchronously
         batch = collate_rows(rows, width, model.tokenizer.pad_token_id, model.image_token_id, model.arch.image_tokens,
                              pin_memory=cuda)

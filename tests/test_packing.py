@@ -86,6 +86,52 @@ def test_collated_rows_restart_positions_and_point_at_their_images():
     assert torch.equal(flat[batch["loss_positions"][:n] + 1], expected)
 
 
+def test_collated_rows_match_the_samples_token_by_token():
+    # Labels on every token, images anywhere: a sample's last token must not predict the next sample's first.
+    g = torch.Generator().manual_seed(0)
+    samples = []
+    for i in range(12):
+        n, k = int(torch.randint(3, 9, (1,), generator=g)), i % 3
+        ids = torch.randint(10, 50, (n,), generator=g)
+        ids[torch.randperm(n, generator=g)[:k]] = 7  # k image tokens: one image of 1 token each
+        labels = torch.where(torch.rand(n, generator=g) < 0.3, IGNORE_INDEX, ids)
+        samples.append({"input_ids": ids, "labels": labels, "pixel_values": torch.full((k, 3, 2, 2), i)})
+    width = 16
+    batches = list(pack(samples, rows=3, row_length=width))
+    assert len(batches) > 1 and any(len(row) > 1 for rows, _, _ in batches for row in rows)
+    for rows, _, _ in batches:
+        batch = collate_rows(rows, width, pad_id=0, image_token_id=7, image_tokens=1)
+        positions, targets, image = [], [], 0
+        for r, row in enumerate(rows):
+            offset = 0
+            for j, sample in enumerate(row):
+                ids, labels, n = sample["input_ids"], sample["labels"], len(sample["input_ids"])
+                cols = slice(offset, offset + n)
+                assert torch.equal(batch["input_ids"][r, cols], ids)
+                assert batch["position_ids"][r, cols].tolist() == list(range(n))
+                assert batch["sequence_ids"][r, cols].tolist() == [j] * n
+                for t in (ids == 7).nonzero().flatten().tolist():
+                    assert batch["image_slots"][r, offset + t] == image
+                    assert (batch["images"][image] == sample["pixel_values"][0]).all()
+                    image += 1
+                positions += [r * width + offset + t for t in range(n - 1) if labels[t + 1] != IGNORE_INDEX]
+                targets += [int(labels[t + 1]) for t in range(n - 1) if labels[t + 1] != IGNORE_INDEX]
+                offset += n
+            assert (batch["input_ids"][r, offset:] == 0).all() and (batch["image_slots"][r, offset:] == -1).all()
+            assert batch["position_ids"][r, offset:].tolist() == list(range(width - offset))
+            assert (batch["sequence_ids"][r, offset:] == len(row)).all()
+        n = batch["stats"]["loss_tokens"]
+        assert batch["loss_positions"][:n].tolist() == positions and batch["loss_targets"][:n].tolist() == targets
+        assert (batch["image_slots"] >= 0).sum() == image == batch["stats"]["images"]
+
+
+def test_a_sample_whose_image_slots_do_not_match_its_images_is_refused():
+    good = {"input_ids": torch.tensor([5, 7, 6]), "labels": torch.tensor([5, 7, 6]), "pixel_values": torch.zeros(1, 3, 2, 2)}
+    bad = {**good, "input_ids": torch.tensor([5, 7, 7])}
+    with pytest.raises(ValueError, match="a sample has 2 image-token slots for 1 images x 1 tokens"):
+        collate_rows([[good], [bad]], 4, pad_id=0, image_token_id=7, image_tokens=1)
+
+
 def _only(inputs, keep: torch.Tensor):
     """The same batch with the loss restricted to the loss slots in `keep`."""
     targets = torch.where(keep, inputs["loss_targets"], IGNORE_INDEX)
