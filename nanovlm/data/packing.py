@@ -98,9 +98,9 @@ def collate_rows(rows: list[list[dict[str, torch.Tensor]]], width: int, pad_id: 
     """Rows of samples -> the model's inputs (see the module docstring) plus `stats` (CPU ints).
 
     A few tensor ops per batch, not per sample: the samples' tokens are concatenated in (row, sample)
-    order and scattered into the rows at once (per-sample ops cost ~90 us a sample, half of collating
-    original_small's batches). `pin_memory` (CUDA): the images, by far the largest input, are copied
-    once, straight into pinned memory.
+    order and scattered into the rows at once (the main process's CPU time per sample, as
+    `python -m reports.loader` prints it, went down by about a quarter). `pin_memory` (CUDA): the images, by far
+    the largest input, are copied once, straight into pinned memory.
     """
     samples = [s for row in rows for s in row]
     lens = [s["input_ids"].shape[0] for s in samples]  # .shape, not len(): Tensor.__len__ is slow
