@@ -103,15 +103,16 @@ def collate_rows(rows: list[list[dict[str, torch.Tensor]]], width: int, pad_id: 
     the largest input, are copied once, straight into pinned memory.
     """
     samples = [s for row in rows for s in row]
-    lens = [s["input_ids"].shape[0] for s in samples]  # .shape, not len(): Tensor.__len__ is slow
-    starts, index_in_row, used = [], [], []  # per sample: flat index r * width + offset, j; per row: tokens
+    lens, starts, index_in_row, used = [], [], [], []  # per sample: tokens, flat index r * width + offset, j
     for r, row in enumerate(rows):
         offset = 0
         for j, sample in enumerate(row):
+            n = sample["input_ids"].shape[0]  # .shape, not len(): Tensor.__len__ is slow
+            lens.append(n)
             starts.append(r * width + offset)
             index_in_row.append(j)
-            offset += sample["input_ids"].shape[0]
-        used.append(offset)
+            offset += n
+        used.append(offset)  # per row: tokens before the padding tail
     n_rows, n_tokens = len(rows), sum(lens)
     ids = torch.cat([s["input_ids"] for s in samples]) if samples else torch.zeros(0, dtype=torch.long)  # (T,)
     labels = torch.cat([s["labels"] for s in samples]) if samples else torch.zeros(0, dtype=torch.long)  # (T,)
