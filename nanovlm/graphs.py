@@ -39,6 +39,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from nanovlm.step import micro_step
+
 Inputs = dict[str, torch.Tensor | None]
 
 
@@ -95,11 +97,8 @@ class MicroStepGraphs:
         self.count.fill_(n)
 
     def micro_step(self, inputs: Inputs) -> None:
-        """What a graph records: the same operations as nanovlm.step.forward_backward's loop body."""
-        with self.autocast:
-            loss = self.step_model(**inputs) / self.count
-        loss.backward()
-        self.loss_sum += loss.detach()
+        """What a graph records: the eager step's own micro-step, with static loss sum and count."""
+        micro_step(self.step_model, inputs, self.autocast, self.count, self.loss_sum)
 
     def _eager(self, inputs: Inputs) -> None:
         # On a side stream, as before a capture (PyTorch's CUDA graphs notes): the libraries' lazy

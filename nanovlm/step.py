@@ -135,11 +135,19 @@ def forward_backward(step_model: nn.Module, micro_batches: list[dict[str, torch.
     for i, inputs in enumerate(micro_batches):
         # DDP all-reduces gradients on the last micro-step only
         sync = i == n - 1 or not dist.enabled
-        with (contextlib.nullcontext() if sync else step_model.no_sync()), autocast:
-            loss = step_model(**inputs) / n
-        loss.backward()
-        loss_sum += loss.detach()
+        with contextlib.nullcontext() if sync else step_model.no_sync():
+            micro_step(step_model, inputs, autocast, n, loss_sum)
     return loss_sum
+
+
+def micro_step(step_model: nn.Module, inputs: dict[str, torch.Tensor], autocast: Any, n: int | torch.Tensor,
+               loss_sum: torch.Tensor) -> None:
+    """Gradients of loss / n added to p.grad, and loss / n to `loss_sum` (in place). `nanovlm.graphs` records
+    this same function, with n a device tensor."""
+    with autocast:
+        loss = step_model(**inputs) / n
+    loss.backward()
+    loss_sum += loss.detach()
 
 
 def cuda_graphs_for(step_model: nn.Module, tc: TrainConfig, device: torch.device) -> MicroStepGraphs | None:

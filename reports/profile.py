@@ -126,8 +126,8 @@ def profile_row(name: str, cfg: ExperimentConfig, a: argparse.Namespace, common_
     started = time.perf_counter()
     counts = count_parameters(cfg)
     run_name = f"{name}-{a.device}-bs{a.batch_size}-seq{a.seq_len}" + (f"-packed{a.sample_len}" if a.packed else "")
-    run_name += "".join(f"-{field.rsplit('.', 1)[-1]}={value}" for field, _, value in  # --set rows apart
-                        (item.partition("=") for item in a.set))
+    run_name += "".join(f"-{field.rsplit('.', 1)[-1]}={value}"  # --set rows apart
+                        for field, value in parse_assignments(a.set).items())
     # The parent never touches CUDA (a context would cost the GPU memory the row is measured on):
     # on CUDA the worker's exact device name replaces this provisional tag.
     device = device_description(torch.device("cpu")) if a.device == "cpu" else a.device
