@@ -130,6 +130,9 @@ def check_config(cfg: ExperimentConfig) -> None:
         raise ConfigError("every learning rate is 0 (lr_projector, and the vision and language rates): nothing "
                           "would be trained. Give at least one part a rate above 0")
     _check_device(t.device)
+    if t.cuda_graphs and t.loss_kernel == "liger":
+        raise ConfigError("train.loss_kernel=liger reads its target count with .item(), which a CUDA graph "
+                          "capture forbids: drop --cuda_graphs, or use --loss_kernel compiled (or auto)")
     if t.cuda_graphs:
         _check_cuda_graphs(t.device)
 

@@ -94,6 +94,11 @@ class TrainConfig:
     attention: str = _f("auto", "attention kernel of the LM while training: auto (flex_attention on CUDA: packed rows "
                                 "without a T x T mask; sdpa on CPU), sdpa, flex_attention or eager",
                         choices=("auto", "sdpa", "flex_attention", "eager"))
+    loss_kernel: str = _f("auto", "answer-token loss without (tokens x vocab) logits: auto (compiled when the step is "
+                                  "compiled; else liger on CUDA when installed; else chunked), compiled (chunked, "
+                                  "each chunk one fused kernel, no host sync), liger (Liger-Kernel's, one host sync "
+                                  "per micro-step), chunked (eager PyTorch) or plain (full logits)",
+                          choices=("auto", "compiled", "liger", "chunked", "plain"))
     eval_tasks: str = _f("", "benchmarks evaluated while training, comma-separated: synthetic, mmstar, textvqa, ...")
     eval_steps: int = _f(0, "evaluate eval_tasks every N steps (and always at the last step); 0 = last step only")
     eval_limit: int = _f(0, "evaluate the first N items of each task (the same ones every time); 0 = all")

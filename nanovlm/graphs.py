@@ -24,7 +24,7 @@ How (the "whole network capture" recipe of PyTorch's CUDA graphs notes, without 
   its weight-cast cache (a cache kept across a capture would be stale).
 - The graphs share one memory pool. That is safe in any replay order because nothing allocated
   during a capture outlives it: the graph's only results land in tensors made before it.
-- The loss is the chunked kernel (`nanovlm.model.loss`): Liger's reads its target count with
+- The loss is never Liger's (`nanovlm.step.loss_kernel_for`): it reads its target count with
   `.item()`, which a capture forbids. No DDP: its gradient all-reduce hooks are not captured.
 
 GPU test: `tests/test_gpu.py::test_cuda_graph_steps_match_the_eager_steps`.
@@ -55,7 +55,6 @@ class MicroStepGraphs:
 
     def __init__(self, step_model: nn.Module, autocast: Any = None):
         self.step_model = step_model
-        step_model.loss_backend = "chunked"  # Liger's loss reads its target count with .item(): a capture forbids it
         self.params = [p for p in step_model.parameters() if p.requires_grad]
         device = self.params[0].device
         # bf16 as nanovlm.step.autocast_for, without the weight-cast cache

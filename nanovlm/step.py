@@ -27,6 +27,7 @@ from torch import nn
 
 from nanovlm.config import ConfigError, TrainConfig
 from nanovlm.distributed import Dist
+from nanovlm.model.loss import pick_backend
 
 if TYPE_CHECKING:
     from nanovlm.graphs import MicroStepGraphs
@@ -112,10 +113,24 @@ def attention_for(tc: TrainConfig, device: torch.device) -> str:
     return "flex_attention" if device.type == "cuda" else "sdpa"
 
 
+def loss_kernel_for(tc: TrainConfig, device: torch.device) -> str:
+    """The answer-token loss while training (`nanovlm.model.loss.BACKENDS`). auto: "compiled" in a compiled step
+    (one fused kernel per chunk and no host sync, where Liger's loss reads its target count with `.item()`), else
+    Liger's on CUDA when installed, else "chunked"; never Liger's with CUDA graphs (a capture forbids the sync)."""
+    if tc.loss_kernel != "auto":
+        return tc.loss_kernel
+    if compile_enabled(tc, device):
+        return "compiled"
+    backend = pick_backend(device)
+    return "chunked" if backend == "liger" and tc.cuda_graphs else backend
+
+
 def prepare(model: nn.Module, tc: TrainConfig, device: torch.device, dist: Dist = Dist()) -> nn.Module:
-    """The module the step calls: attention kernel, fused kernels and compiled blocks applied to `model` in
-    place, DDP around it. `model.lm.set_attn_implementation(...)` switches the kernel back (generation does)."""
+    """The module the step calls: attention kernel, loss kernel, fused kernels and compiled blocks applied to
+    `model` in place, DDP around it. `model.lm.set_attn_implementation(...)` switches the attention kernel back
+    (generation does)."""
     model.lm.set_attn_implementation(attention_for(tc, device))
+    model.loss_backend = loss_kernel_for(tc, device)
     compiled = compile_enabled(tc, device)
     applied = apply_fused_kernels(model, device) if use_fused_kernels(tc, compiled) else []
     if compiled:
@@ -158,7 +173,7 @@ def cuda_graphs_for(step_model: nn.Module, tc: TrainConfig, device: torch.device
         raise ConfigError(f"train.cuda_graphs=true needs a CUDA GPU, and this step runs on {device.type}")
     from nanovlm.graphs import MicroStepGraphs
 
-    log.info("training step: CUDA graphs of the micro-steps, with the chunked loss")
+    log.info("training step: CUDA graphs of the micro-steps")
     return MicroStepGraphs(step_model)
 
 

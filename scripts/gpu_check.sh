@@ -13,8 +13,9 @@
 #   4. run            experiments.run original_small --random_init on the synthetic set: micro-steps of
 #                     16 packed 2048-token rows, 8 of them per step, 8 DataLoader workers, 30 steps;
 #                     train/mfu and train/data_wait_s every 5 steps, two py-spy stack dumps (if installed)
-#   5. profile_liger  stage 1 with --set train.fused_kernels=true: Liger's RMSNorm / SwiGLU / RoPE in the
-#                     compiled blocks, against inductor's own fusion of them (the default, fused_kernels=auto)
+#   5. profile_liger  stage 1 with Liger everywhere (train.fused_kernels=true, train.loss_kernel=liger): its
+#                     RMSNorm / SwiGLU / RoPE in the compiled blocks and its fused loss, against inductor's
+#                     own fusion of them (the defaults: fused_kernels=auto, loss_kernel=auto -> compiled)
 #   6. profile_more   dinov3_gemma and default, 4 rows
 # Logs go to OUT_DIR/<stage>.log, and the lines the README quotes to OUT_DIR/summary.txt: 8 files in
 # all, as many as a GPU lease returns.
@@ -89,7 +90,7 @@ for name in "${stages[@]}"; do
     case $name in
         profile_small) stage profile_small 120 "${profile[@]}" "${rows[@]}" --presets original_small ;;
         profile_liger) stage profile_liger 120 "${profile[@]}" "${rows[@]}" --presets original_small \
-            --set train.fused_kernels=true ;;
+            --set train.fused_kernels=true --set train.loss_kernel=liger ;;
         profile_graphs) stage profile_graphs 180 bash -c '"$@" --set train.cuda_graphs=false; "$@" --set \
             train.cuda_graphs=true' _ "${profile[@]}" --batch_size 4 --presets original_small ;;
         profile_more) stage profile_more 150 "${profile[@]}" --batch_size 4 --presets dinov3_gemma,default ;;

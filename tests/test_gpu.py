@@ -85,8 +85,8 @@ def test_compiled_step_is_sync_free_and_does_not_recompile(language):
     model = _model(language)
     tc = TrainConfig(compile="true", attention="flex_attention")
     optimizer = build_optimizer(model, tc)
-    model.loss_backend = "chunked"  # liger-kernel's fused loss reads its target count with .item()
     step_model = prepare(model, tc, CUDA)
+    assert model.loss_backend == "compiled"  # the default of a compiled step: Liger's loss would sync
     warm = list(_batches(model, 6, seed=1))
     for batch in warm:
         train_step(step_model, model, optimizer, [model_inputs(batch, CUDA)], autocast_for(CUDA), 1.0)
@@ -114,8 +114,7 @@ def test_cuda_graph_steps_match_the_eager_steps():
         model = _model("smollm")  # the same initial weights each time
         tc = TrainConfig(compile="true", attention="flex_attention", cuda_graphs=graphed)
         optimizer = build_optimizer(model, tc)
-        model.loss_backend = "chunked"  # what the graphs pick; the same loss for both
-        step_model = prepare(model, tc, CUDA)
+        step_model = prepare(model, tc, CUDA)  # the compiled loss for both
         graphs = cuda_graphs_for(step_model, tc, CUDA)
         assert (graphs is not None) == graphed
         outs = [train_step(step_model, model, optimizer, [model_inputs(b, CUDA) for b in step], autocast_for(CUDA),
@@ -139,7 +138,7 @@ def test_fused_loss_backend_matches_plain_in_a_step():
     model = _model("gemma")
     batch = model_inputs(next(_batches(model, 1, seed=3)), CUDA)
     losses = {}
-    for backend in {"plain", "chunked", pick_backend(CUDA)}:
+    for backend in {"plain", "chunked", "compiled", pick_backend(CUDA)}:
         model.loss_backend = backend
         model.zero_grad()
         with autocast_for(CUDA):

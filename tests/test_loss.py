@@ -184,11 +184,36 @@ def test_chunked_traces_without_graph_breaks():
     assert_matches((loss, *torch.autograd.grad(loss, (hidden, weight))), got, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("softcap", [None, 2.0])
+@pytest.mark.parametrize("ignored", [0.0, 0.3, 1.0])
+def test_compiled_matches_plain(softcap, ignored):
+    # "chunked" with each chunk's math compiled by inductor (C++ here, Triton on a GPU): the same numbers.
+    hidden, weight, targets = make(37, 50, 8, ignored)  # N = 4 chunks of 8 and one of 5
+    want = loss_and_grads("plain", hidden, weight, targets, scale=3.0, softcap=softcap)
+    got = loss_and_grads("compiled", hidden, weight, targets, scale=3.0, softcap=softcap, chunk_size=8)
+    assert_matches(got, want, rtol=1e-10, atol=1e-12)
+    with torch.no_grad():  # validation: no gradients computed
+        assert_matches([linear_cross_entropy(hidden, weight, targets, softcap=softcap, backend="compiled")], want[:1],
+                       rtol=1e-10, atol=1e-12)
+
+
+def test_compiled_under_autocast_matches_chunked_and_does_not_recompile_per_row_count():
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    for n in (500, 250, 170, 90):  # chunks of 256 rows, of 244, 250, 170 and 90: one dynamic graph serves them all
+        hidden, weight, targets = make(n, 320, 32, dtype=torch.float32, seed=n)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 logits into the compiled chunk, as on a GPU
+            want = loss_and_grads("chunked", hidden, weight, targets, chunk_size=256)
+            got = loss_and_grads("compiled", hidden, weight, targets, chunk_size=256)
+        assert_matches(got, want, rtol=1e-5, atol=1e-6)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+
+
 def test_unknown_backend_names_the_valid_ones():
     hidden, weight, targets = make(4, 5, 3)
-    with pytest.raises(ValueError, match="'plain', 'chunked', 'liger'"):
+    with pytest.raises(ValueError, match="'plain', 'chunked', 'compiled', 'liger'"):
         linear_cross_entropy(hidden, weight, targets, backend="fused")
-    assert set(BACKENDS) == {"plain", "chunked", "liger"}
+    assert set(BACKENDS) == {"plain", "chunked", "compiled", "liger"}
 
 
 def test_pick_backend(monkeypatch):

@@ -153,6 +153,26 @@ def test_liger_kernels_go_only_into_blocks_that_are_not_compiled_unless_asked(se
     assert use_fused_kernels(TrainConfig(fused_kernels=setting), compiled) is expected
 
 
+@pytest.mark.parametrize(("settings", "device", "liger_installed", "expected"), [
+    ({}, "cpu", False, "chunked"),  # compile auto: off on the CPU
+    ({"compile": "true"}, "cpu", False, "compiled"),
+    ({}, "cuda", True, "compiled"),  # compile auto: on; no host sync, where Liger's loss has one
+    ({"compile": "false"}, "cuda", True, "liger"),
+    ({"compile": "false"}, "cuda", False, "chunked"),
+    ({"compile": "false", "cuda_graphs": True}, "cuda", True, "chunked"),  # a capture forbids Liger's sync
+    ({"loss_kernel": "plain"}, "cuda", True, "plain")])
+def test_the_loss_kernel_of_the_training_step(settings, device, liger_installed, expected, monkeypatch):
+    from nanovlm.model import loss
+    from nanovlm.step import loss_kernel_for, prepare
+
+    monkeypatch.setattr(loss, "_liger_available", lambda: liger_installed)
+    assert loss_kernel_for(TrainConfig(**settings), torch.device(device)) == expected
+    if device == "cpu":  # prepare puts it on the model
+        model = _fresh()
+        prepare(model, TrainConfig(**settings, attention="sdpa"), torch.device(device))
+        assert model.loss_backend == expected
+
+
 def test_cuda_graphs_are_off_by_default_and_refused_off_cuda():
     from nanovlm.config import ConfigError
     from nanovlm.step import cuda_graphs_for
