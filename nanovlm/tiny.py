@@ -47,7 +47,12 @@ def ensure(name: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
     try:
-        (_build_vision if name in VISION else _build_language)(name, tmp)
+        import torch
+
+        # Builds seed torch's generator: fork it, so that a run which builds the cache on first use
+        # initialises its own new weights exactly as a run that finds the cache built.
+        with torch.random.fork_rng(devices=[]):
+            (_build_vision if name in VISION else _build_language)(name, tmp)
         try:
             os.rename(tmp, target)  # atomic: readers see a complete repo or none
         except OSError:  # another process won the race; its copy is identical

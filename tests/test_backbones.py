@@ -130,6 +130,16 @@ def test_tiny_stand_ins_are_deterministic(tmp_path, monkeypatch):
         tiny.ensure("clip")
 
 
+def test_building_a_stand_in_leaves_the_callers_random_state_alone(tmp_path, monkeypatch):
+    # A run seeds torch, then builds its model: the new parts' weights must not depend on whether
+    # the stand-ins were already cached (they once did, so a first run trained to other numbers).
+    monkeypatch.setenv("NANOVLM_CACHE", str(tmp_path))
+    torch.manual_seed(1)
+    before = torch.random.get_rng_state()
+    tiny.ensure("dinov2")  # built now: a fresh cache
+    assert torch.equal(torch.random.get_rng_state(), before)
+
+
 def test_tiny_chat_templates_follow_the_real_ones():
     from transformers import AutoTokenizer
 
