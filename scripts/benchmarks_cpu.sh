@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The CPU numbers in the README's "Benchmarks and results" section, re-run:
 #
-#     scripts/benchmarks_cpu.sh            # about 4 minutes on 2 cores; writes into a temporary folder
+#     scripts/benchmarks_cpu.sh            # about 6 minutes on 2 cores; writes into a temporary folder
 #
 # Prints wall time and peak memory of the tiny experiment end to end, then the profiled training step
 # of the tiny preset with and without packing (tokens/s, samples/s, step peak memory), then the
-# training data loader (samples/s, main-process CPU per sample).
+# training data loader (samples/s, main-process CPU per sample), then the loss kernels alone (ms per
+# forward + backward).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -29,3 +30,8 @@ python -m reports.profile --presets tiny --seq_len 256 --batch_size 4 --steps 10
 # 3. The training data loader alone: original_small's synthetic set in rows of 2048 tokens, 2 workers, then none.
 python -m reports.loader --set max_length=2048 2>&1 | grep -E "samples/s"
 python -m reports.loader --set max_length=2048 --num_workers 0 2>&1 | grep -E "samples/s"
+
+# 4. The answer-token loss alone: SmolLM2-135M's head (D 576: the matmuls dominate on a CPU), then a
+#    narrow one (D 64: the per-chunk softmax and gradient dominate, which is what a GPU sees).
+python -m reports.loss_kernels
+python -m reports.loss_kernels --dim 64

@@ -16,8 +16,11 @@
 #   5. profile_liger  stage 1 with Liger everywhere (train.fused_kernels=true, train.loss_kernel=liger): its
 #                     RMSNorm / SwiGLU / RoPE in the compiled blocks and its fused loss, against inductor's
 #                     own fusion of them (the defaults: fused_kernels=auto, loss_kernel=auto -> compiled)
-#   6. profile_more   dinov3_gemma and default, 4 rows
-# Logs go to OUT_DIR/<stage>.log, and the lines the README quotes to OUT_DIR/summary.txt: 8 files in
+#   6. loss           reports.loss_kernels: the loss alone, chunked / compiled / liger, SmolLM2's head and
+#                     Gemma 3's (262k vocabulary), 16k rows
+#   7. profile_more   dinov3_gemma and default, 4 rows
+# Logs go to OUT_DIR/<stage>.log (the loss stage's into the summary), and the lines the README quotes to
+# OUT_DIR/summary.txt: 8 files in
 # all, as many as a GPU lease returns.
 # Work files (MLflow store, run folders) go to a temporary folder; the checkout is not written to.
 # GPU_CHECK_STAGES picks stages and their order (comma-separated); GPU_CHECK_TESTS is a pytest -k
@@ -85,7 +88,7 @@ stack_dumps() {  # two py-spy dumps of the training process, 75 and 85 s in (whe
     [[ -n $pid ]] && for _ in 1 2; do py-spy dump --pid "$pid"; sleep 10; done
 }
 
-IFS=, read -ra stages <<<"${GPU_CHECK_STAGES:-profile_small,tests,profile_graphs,run,profile_liger,profile_more}"
+IFS=, read -ra stages <<<"${GPU_CHECK_STAGES:-profile_small,tests,profile_graphs,run,profile_liger,loss,profile_more}"
 for name in "${stages[@]}"; do
     case $name in
         profile_small) stage profile_small 120 "${profile[@]}" "${rows[@]}" --presets original_small ;;
@@ -93,6 +96,8 @@ for name in "${stages[@]}"; do
             --set train.fused_kernels=true --set train.loss_kernel=liger ;;
         profile_graphs) stage profile_graphs 180 bash -c '"$@" --set train.cuda_graphs=false; "$@" --set \
             train.cuda_graphs=true' _ "${profile[@]}" --batch_size 4 --presets original_small ;;
+        loss) stage loss 60 bash -c 'python3 -m reports.loss_kernels --device cuda --rows 16384 &&
+            python3 -m reports.loss_kernels --device cuda --rows 16384 --dim 640 --vocab 262144' ;;
         profile_more) stage profile_more 150 "${profile[@]}" --batch_size 4 --presets dinov3_gemma,default ;;
         tests) stage tests 170 python3 -m pytest -q -p no:cacheprovider -m gpu -k "${GPU_CHECK_TESTS:-}" \
             "$root/tests/test_gpu.py" "$root/tests/test_loss.py" "$root/tests/test_reports.py" ;;
@@ -107,7 +112,7 @@ for name in "${stages[@]}"; do
                 --save_checkpoint_steps 1000
             run_metrics >>"$out/run.log" 2>&1
             kill %1 2>/dev/null ;;
-        *) echo "unknown stage $name (profile_small, tests, profile_graphs, run, profile_liger, profile_more)" >&2; exit 2 ;;
+        *) echo "unknown stage $name (profile_small, tests, profile_graphs, run, profile_liger, loss, profile_more)" >&2; exit 2 ;;
     esac
 done
 
@@ -116,6 +121,8 @@ done
     grep -h -E "^  [a-z0-9_]+ " "$out"/profile_*.log 2>/dev/null
     echo "-- step time vs GPU kernel time (torch.profiler)"
     head -qn 1 "$work"/traces/*.txt 2>/dev/null
+    echo "-- loss kernels"
+    cat "$out/loss.log" 2>/dev/null && rm "$out/loss.log"  # short: kept here, as a lease returns 8 files
     echo "-- tests"
     tail -n 3 "$out/tests.log" 2>/dev/null
     echo "-- run"

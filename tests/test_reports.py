@@ -449,3 +449,19 @@ def test_the_loader_benchmark_measures_batches_made_during_steps(capsys):
     with pytest.raises(SystemExit) as exit_:
         loader.main(["--step_ms", "-1"])
     assert exit_.value.code == 2
+
+
+def test_loss_kernels_times_every_backend_that_runs_here_after_checking_its_numbers(capsys):
+    from reports import loss_kernels
+
+    assert loss_kernels.main(["--rows", "37", "--dim", "8", "--vocab", "50", "--chunk_size", "8", "--repeats", "1"]) == 0
+    timed = re.findall(r"^  (\w+) +[\d.]+ ms +[\d,]+ rows/s", capsys.readouterr().out, re.M)
+    assert timed == ["plain", "chunked", "compiled"]  # liger: CUDA only
+    assert loss_kernels.backends_for(torch.device("cpu"), 1 << 20, 1 << 12) == ["chunked", "compiled"]  # 16 GiB logits
+
+
+def test_loss_kernels_refuses_bad_sizes_in_one_line(capsys):
+    from reports import loss_kernels
+
+    assert loss_kernels.main(["--rows", "0"]) == 2
+    assert capsys.readouterr().err.startswith("error: --rows")
