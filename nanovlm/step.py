@@ -135,8 +135,8 @@ def prepare(model: nn.Module, tc: TrainConfig, device: torch.device, dist: Dist 
     applied = apply_fused_kernels(model, device) if use_fused_kernels(tc, compiled) else []
     if compiled:
         applied.append(f"compiled {compile_blocks(model)} blocks")
-    if applied:
-        log.info("training step: %s", ", ".join(applied))
+    log.info("training step: %s", ", ".join([f"{model.lm.config._attn_implementation} attention",
+                                               f"{model.loss_backend} loss", *applied]))
     if dist.enabled:
         return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     return model

@@ -172,7 +172,7 @@ def measure(cfg: ExperimentConfig, batch_size: int = 1, seq_len: int = 128, step
     tags = {"vision_encoder": arch.vision_source, "language_model": arch.language_source, "device": description,
             report_names.PEAK_MEMORY_MEASURE_TAG: peak.measure, "dtype": "bf16 autocast" if dev.type == "cuda" else "fp32",
             "torch_threads": str(torch.get_num_threads()), "final_loss": f"{last_loss:.4f}",
-            "compiled": str(training_step.compile_enabled(cfg.train, dev)).lower()}
+            "compiled": str(training_step.compile_enabled(cfg.train, dev)).lower(), "loss_kernel": model.loss_backend}
     if skipped:
         tags["skipped_steps"] = f"{skipped} of {warmup + steps} steps had a non-finite loss or gradient norm"
     peak_tf = peak_tflops_override or (peak_tflops(description) if dev.type == "cuda" else None)

@@ -84,6 +84,7 @@ def test_profile_logs_a_run_with_measurements_and_provenance(profile_run):
     assert report_names.MFU not in m and "CUDA" in tags[report_names.MFU_NOTE_TAG]  # CPU: no peak to compare with
     assert tags["preset"] == "tiny" and tags[profile.RUN_KIND_TAG] == profile.PROFILE_KIND
     assert tags["device"].startswith("cpu (")
+    assert tags["compiled"] == "false" and tags["loss_kernel"] == "chunked"  # the CPU step's defaults
     assert tags[report_names.PEAK_MEMORY_MEASURE_TAG] in ("cpu_step_peak_rss", "cpu_process_peak_rss")
     for key in ("git_sha", "torch", "transformers", "mlflow", "python", "vision_encoder", "language_model",
                 "flops_formula"):
