@@ -226,7 +226,7 @@ def test_pick_backend(monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend", ["chunked", "liger"])
+@pytest.mark.parametrize("backend", ["chunked", "compiled", "liger"])
 @pytest.mark.parametrize("softcap", [None, 30.0])
 @pytest.mark.parametrize("ignored", [0.3, 1.0])
 def test_cuda_backends_match_plain(backend, softcap, ignored):
@@ -246,13 +246,15 @@ def test_cuda_backends_match_plain(backend, softcap, ignored):
 
 
 @pytest.mark.gpu
-def test_chunked_makes_no_host_sync_on_cuda():
+@pytest.mark.parametrize("backend", ["chunked", "compiled"])
+def test_chunked_makes_no_host_sync_on_cuda(backend):
     hidden, weight, targets = make(1000, 4096, 64, dtype=torch.float32, device="cuda")
-    loss_and_grads("chunked", hidden, weight, targets, chunk_size=256)  # warm up cuBLAS outside the check
+    with torch.autocast("cuda", dtype=torch.bfloat16):  # warm up cuBLAS, and compile, outside the check
+        loss_and_grads(backend, hidden, weight, targets, softcap=30.0, chunk_size=256)
     torch.cuda.set_sync_debug_mode("error")
     try:
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = linear_cross_entropy(hidden, weight, targets, softcap=30.0, backend="chunked", chunk_size=256)
+            loss = linear_cross_entropy(hidden, weight, targets, softcap=30.0, backend=backend, chunk_size=256)
         loss.backward()
     finally:
         torch.cuda.set_sync_debug_mode("default")
