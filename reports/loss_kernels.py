@@ -23,8 +23,9 @@ import time
 import torch
 
 from nanovlm.data.processors import IGNORE_INDEX
-from nanovlm.model.loss import BACKENDS, _liger_available, linear_cross_entropy
+from nanovlm.model.loss import BACKENDS, linear_cross_entropy, pick_backend
 from nanovlm.step import autocast_for
+from reports.measure import _sync
 
 
 def _inputs(rows: int, dim: int, vocab: int, device: torch.device, seed: int = 0):
@@ -34,11 +35,6 @@ def _inputs(rows: int, dim: int, vocab: int, device: torch.device, seed: int = 0
     targets = torch.randint(0, vocab, (rows,), generator=g)
     targets[torch.rand(rows, generator=g) < 0.3] = IGNORE_INDEX
     return hidden, weight, targets.to(device)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def run_backend(backend: str, hidden, weight, targets, softcap: float | None, chunk_size: int):
@@ -52,7 +48,7 @@ def run_backend(backend: str, hidden, weight, targets, softcap: float | None, ch
 
 def backends_for(device: torch.device, rows: int, vocab: int) -> list[str]:
     """The backends worth timing here: liger on CUDA when installed, plain while its logits stay under 4 GiB."""
-    names = [b for b in BACKENDS if b != "liger" or (device.type == "cuda" and _liger_available())]
+    names = [b for b in BACKENDS if b != "liger" or pick_backend(device) == "liger"]
     return [b for b in names if b != "plain" or rows * vocab * 4 <= 4 << 30]
 
 

@@ -155,10 +155,6 @@ def _chunked(hidden: Tensor, weight: Tensor, targets: Tensor, softcap: float | N
                                             grad and weight.requires_grad, compiled)
 
 
-def _compiled(hidden: Tensor, weight: Tensor, targets: Tensor, softcap: float | None, chunk_size: int) -> Tensor:
-    return _chunked(hidden, weight, targets, softcap, chunk_size, compiled=True)
-
-
 def _liger(hidden: Tensor, weight: Tensor, targets: Tensor, softcap: float | None, chunk_size: int) -> Tensor:
     # Liger-Kernel picks its own chunk size (chunk_size is unused) and computes the softmax in float32 inside the
     # kernel. It computes the weight gradient only when hidden requires grad: the chunked path covers the rest.
@@ -179,7 +175,7 @@ def _liger(hidden: Tensor, weight: Tensor, targets: Tensor, softcap: float | Non
 BACKENDS: dict[str, Callable[[Tensor, Tensor, Tensor, float | None, int], Tensor]] = {
     "plain": _plain,
     "chunked": _chunked,
-    "compiled": _compiled,
+    "compiled": functools.partial(_chunked, compiled=True),
     "liger": _liger,
 }
 
