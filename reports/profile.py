@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -138,7 +139,9 @@ def profile_row(name: str, cfg: ExperimentConfig, a: argparse.Namespace, common_
               "profile.steps": a.steps, "profile.warmup": a.warmup, "profile.grad_accum": a.grad_accum,
               "profile.device": a.device, "profile.isolated": not a.in_process}
     if a.trace_dir:  # where this row's step time goes (torch.profiler tables), next to the other rows'
-        a = argparse.Namespace(**{**vars(a), "trace": os.path.abspath(os.path.join(a.trace_dir, f"{run_name}.txt"))})
+        # a --set value may be a path: its slashes must not become folders
+        file_name = re.sub(r"[^\w.=+-]", "_", run_name) + ".txt"
+        a = argparse.Namespace(**{**vars(a), "trace": os.path.abspath(os.path.join(a.trace_dir, file_name))})
     tracker = MLflowTracker.start(a.experiment, run_name, tags=tags, tracking_uri=a.tracking_uri, system_metrics=False)
     with tracker:
         tracker.log_params(params)

@@ -200,10 +200,10 @@ def test_a_packed_profile_logs_its_layout_and_the_table_shows_it(store, client, 
     rc = profile.main(["--presets", "tiny", "--packed", "--seq_len", str(PACKED["seq_len"]), "--sample_len",
                        str(PACKED["sample_len"]), "--batch_size", str(PACKED["batch_size"]), "--steps", "1",
                        "--warmup", "1", "--device", "cpu", "--tracking_uri", store, "--experiment", "profile_packed",
-                       "--in_process", "--trace_dir", str(tmp_path / "traces")])
+                       "--in_process", "--trace_dir", str(tmp_path / "traces"), "--set", "data.dataset=/data/x.parquet"])
     assert rc == 0
-    (trace,) = (tmp_path / "traces").iterdir()  # where the step's time went, by operator
-    assert trace.name == "tiny-cpu-bs2-seq160-packed40.txt"
+    (trace,) = (tmp_path / "traces").iterdir()  # where the step's time went, by operator; a path's slashes are not folders
+    assert trace.name == "tiny-cpu-bs2-seq160-packed40-dataset=_data_x.parquet.txt"
     assert trace.read_text().startswith("3 steps: ") and "aten::mm" in trace.read_text()
     (run,) = client.search_runs([client.get_experiment_by_name("profile_packed").experiment_id])
     params, m = run.data.params, run.data.metrics
