@@ -135,6 +135,12 @@ def check_config(cfg: ExperimentConfig) -> None:
                           "capture forbids: drop --cuda_graphs, or use --loss_kernel compiled (or auto)")
     if t.cuda_graphs:
         _check_cuda_graphs(t.device)
+    if t.attention == "flex_attention" and _on_cpu(t.device):
+        import torch
+
+        raise ConfigError(f"train.attention=flex_attention: FlexAttention has no backward pass on the CPU (torch "
+                          f"{torch.__version__}), so it cannot train here; use --attention auto (sdpa on the CPU, "
+                          f"flex_attention on CUDA) or sdpa")
 
     if d.dataset != "synthetic":
         missing = missing_local_path(d.dataset)
@@ -162,13 +168,18 @@ def _check_device(device: str) -> None:
             raise ConfigError(f"train.device={device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
 
 
-def _check_cuda_graphs(device: str) -> None:
+def _on_cpu(device: str) -> bool:
+    """Whether a run with this (checked) train.device trains on the CPU."""
     import torch
 
+    return device.strip().lower() == "cpu" or not torch.cuda.is_available()
+
+
+def _check_cuda_graphs(device: str) -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("train.cuda_graphs=true runs in one process (DDP's gradient all-reduce is not captured); "
                           "drop --cuda_graphs under torchrun")
-    if device.strip().lower() == "cpu" or not torch.cuda.is_available():
+    if _on_cpu(device):
         raise ConfigError(f"train.cuda_graphs=true needs a CUDA GPU, and this run is on the CPU (device={device!r}); "
                           f"drop --cuda_graphs")
 

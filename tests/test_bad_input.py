@@ -69,6 +69,8 @@ CONFIG_CASES = [
     (["--set", "train.batch_size=0", "--dry_run"], "train.batch_size=0"),  # checked before the dry run too
     (["--cuda_graphs", "--device", "cpu"], "train.cuda_graphs=true needs a CUDA GPU, and this run is on the CPU"),
     (["--cuda_graphs", "--loss_kernel", "liger"], "train.loss_kernel=liger reads its target count with .item()"),
+    (["--attention", "flex_attention", "--device", "cpu"], "train.attention=flex_attention: FlexAttention has no "
+                                                            "backward pass on the CPU"),
 ]
 if not torch.cuda.is_available():
     CONFIG_CASES.append((["--device", "cuda"], "train.device='cuda': this machine has no CUDA device"))
