@@ -135,6 +135,8 @@ def check_config(cfg: ExperimentConfig) -> None:
                           "capture forbids: drop --cuda_graphs, or use --loss_kernel compiled (or auto)")
     if t.cuda_graphs:
         _check_cuda_graphs(t.device)
+    if t.loss_kernel == "liger":
+        _check_liger(t.device)
     if t.attention == "flex_attention" and _on_cpu(t.device):
         import torch
 
@@ -173,6 +175,17 @@ def _on_cpu(device: str) -> bool:
     import torch
 
     return device.strip().lower() == "cpu" or not torch.cuda.is_available()
+
+
+def _check_liger(device: str) -> None:
+    from nanovlm.model.loss import liger_available
+
+    if _on_cpu(device):
+        raise ConfigError("train.loss_kernel=liger is a CUDA (Triton) kernel and this run is on the CPU: use "
+                          "--loss_kernel auto, chunked or compiled")
+    if not liger_available():
+        raise ConfigError("train.loss_kernel=liger: liger-kernel is not installed (or its triton does not work): "
+                          "pip install -e '.[gpu]', or use --loss_kernel auto")
 
 
 def _check_cuda_graphs(device: str) -> None:

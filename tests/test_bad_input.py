@@ -71,6 +71,8 @@ CONFIG_CASES = [
     (["--cuda_graphs", "--loss_kernel", "liger"], "train.loss_kernel=liger reads its target count with .item()"),
     (["--attention", "flex_attention", "--device", "cpu"], "train.attention=flex_attention: FlexAttention has no "
                                                             "backward pass on the CPU"),
+    (["--loss_kernel", "liger", "--device", "cpu"], "train.loss_kernel=liger is a CUDA (Triton) kernel and this run "
+                                                     "is on the CPU"),
 ]
 if not torch.cuda.is_available():
     CONFIG_CASES.append((["--device", "cuda"], "train.device='cuda': this machine has no CUDA device"))
@@ -87,6 +89,16 @@ def test_cuda_graphs_under_torchrun_is_one_line(home, capsys, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert run.main([*TINY, "--cuda_graphs", "--dry_run"]) == 2
     assert "cuda_graphs=true runs in one process" in _error(capsys)
+
+
+def test_liger_loss_without_liger_kernel_on_cuda_is_one_line(home, capsys, monkeypatch):
+    from nanovlm import checks
+    from nanovlm.model import loss
+
+    monkeypatch.setattr(checks, "_on_cpu", lambda device: False)  # as on a GPU machine
+    monkeypatch.setattr(loss, "liger_available", lambda: False)
+    assert run.main([*TINY, "--loss_kernel", "liger", "--dry_run"]) == 2
+    assert "liger-kernel is not installed (or its triton does not work): pip install -e '.[gpu]'" in _error(capsys)
 
 
 def test_local_looking_backbone_typo_is_not_blamed_on_the_hub(home, capsys):

@@ -218,10 +218,10 @@ def test_unknown_backend_names_the_valid_ones():
 
 def test_pick_backend(monkeypatch):
     assert pick_backend(torch.device("cpu")) == "chunked"
-    monkeypatch.setattr(loss_fns, "_liger_available", lambda: True)
+    monkeypatch.setattr(loss_fns, "liger_available", lambda: True)
     assert pick_backend(torch.device("cuda")) == "liger"
     assert pick_backend(torch.device("cpu")) == "chunked"
-    monkeypatch.setattr(loss_fns, "_liger_available", lambda: False)
+    monkeypatch.setattr(loss_fns, "liger_available", lambda: False)
     assert pick_backend(torch.device("cuda")) == "chunked"
 
 

@@ -165,7 +165,7 @@ def test_the_loss_kernel_of_the_training_step(settings, device, liger_installed,
     from nanovlm.model import loss
     from nanovlm.step import loss_kernel_for, prepare
 
-    monkeypatch.setattr(loss, "_liger_available", lambda: liger_installed)
+    monkeypatch.setattr(loss, "liger_available", lambda: liger_installed)
     assert loss_kernel_for(TrainConfig(**settings), torch.device(device)) == expected
     if device == "cpu":  # prepare puts it on the model
         model = _fresh()

@@ -181,7 +181,7 @@ BACKENDS: dict[str, Callable[[Tensor, Tensor, Tensor, float | None, int], Tensor
 
 
 @functools.lru_cache(maxsize=None)
-def _liger_available() -> bool:
+def liger_available() -> bool:
     try:
         import liger_kernel.transformers.functional  # noqa: F401
     except Exception:  # not installed, or installed without a working triton
@@ -191,7 +191,7 @@ def _liger_available() -> bool:
 
 def pick_backend(device: torch.device) -> str:
     """The default backend: "liger" on CUDA when liger_kernel imports, else "chunked"."""
-    return "liger" if torch.device(device).type == "cuda" and _liger_available() else "chunked"
+    return "liger" if torch.device(device).type == "cuda" and liger_available() else "chunked"
 
 
 def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, softcap: float | None = None,
