@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments import runner
+from experiments import run, runner
 from experiments.presets import get_preset
 from experiments.runner import claim_new_run_dir, find_resume_checkpoint, run_experiment
 from nanovlm import metrics as metric_names
@@ -70,24 +70,26 @@ def test_derived_names_started_in_the_same_second_get_their_own_folders(tmp_path
         lock_b.release()
 
 
-def test_a_second_process_cannot_use_a_run_folder_in_use(tmp_path):
+def test_a_second_process_cannot_use_a_run_folder_in_use(tmp_path, capsys, monkeypatch):
     run_dir = tmp_path / "runs" / "busy"
-    args = [sys.executable, "-m", "experiments.run", *CLI, "--output_dir", str(tmp_path / "runs"), "--run_name", "busy"]
-    holder = subprocess.Popen([*args, "--max_steps", "5000", "--save_checkpoint_steps", "2",
-                               "--validation_steps", "5000"], env=_env(tmp_path), cwd=tmp_path,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    args = [*CLI, "--output_dir", str(tmp_path / "runs"), "--run_name", "busy"]
+    holder = subprocess.Popen([sys.executable, "-m", "experiments.run", *args, "--max_steps", "5000",
+                               "--save_checkpoint_steps", "2", "--validation_steps", "5000"], env=_env(tmp_path),
+                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 120
         while latest_checkpoint(run_dir) is None:  # training, with a checkpoint that --resume would take
             assert holder.poll() is None and time.time() < deadline, holder.stderr.read().decode()[-2000:]
             time.sleep(0.1)
         expected = f"error: run folder {run_dir} is in use by another process (pid {holder.pid})"
+        # The second process is this one (the lock is the holder's, whoever asks): no interpreter start per try.
+        monkeypatch.chdir(tmp_path)
+        for name, value in _env(tmp_path).items():
+            monkeypatch.setenv(name, value)
         for extra in ([], ["--resume"], ["--resume", str(run_dir)]):
-            second = subprocess.run([*args, "--max_steps", "2", *extra], env=_env(tmp_path), cwd=tmp_path,
-                                    capture_output=True, text=True, timeout=120)
-            assert second.returncode == 2, second.stderr[-2000:]
-            lines = [line for line in second.stderr.splitlines() if line.startswith("error:")]
-            assert lines == [expected], (extra, second.stderr[-2000:])
+            assert run.main([*args, "--max_steps", "2", *extra]) == 2
+            lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+            assert lines == [expected], extra
             assert holder.poll() is None, "the first run must still be training"
     finally:
         holder.terminate()
