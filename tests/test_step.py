@@ -48,11 +48,15 @@ def test_a_non_finite_step_leaves_weights_and_optimizer_untouched():
     assert not all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-@pytest.mark.parametrize("language", ["smollm", "gemma"])
-def test_the_forward_pass_has_no_graph_breaks(language):
+@pytest.mark.parametrize("language, attention", [("smollm", "sdpa"), ("gemma", "sdpa"), ("gemma", "flex_attention")])
+def test_the_forward_pass_has_no_graph_breaks(language, attention):
+    """sdpa: the CPU's kernel; flex_attention: the CUDA default (traced without grad: it has no CPU backward),
+    whose block masks for Gemma's full and sliding-window layers are built in the traced forward."""
     model = tiny_vlm("siglip", language).train()
+    model.lm.set_attn_implementation(attention)
     samples = _samples(model, ["What colour?", "Where is it?", "Shape?"], ["red", "top", "a square"])
-    explained = torch._dynamo.explain(model)(**model_batch(model, samples, rows=2, width=170))
+    with torch.set_grad_enabled(attention != "flex_attention"):
+        explained = torch._dynamo.explain(model)(**model_batch(model, samples, rows=2, width=170))
     assert explained.graph_break_count == 0, [str(b.reason) for b in explained.break_reasons]
     assert explained.graph_count == 1
 

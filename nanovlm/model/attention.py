@@ -11,7 +11,11 @@ detection from position ids, which checks `.all()` on the device in eager mode.
 The mask comes from transformers' own mask functions (`masking_utils`), so each attention
 implementation gets what it expects: a (B, 1, T, T) boolean tensor for SDPA (fine on CPU and for
 short rows), an additive float mask for eager, and a FlexAttention `BlockMask` (no T x T tensor;
-blocks outside every sample are skipped) for `flex_attention`. Models with sliding-window layers
+blocks outside every sample are skipped) for `flex_attention`. The BlockMask is made here by one
+compiled `create_block_mask`: transformers' `flex_attention_mask` asks torch for
+`create_block_mask(_compile=True)`, a deprecated path that wraps it in a new `torch.compile` at
+every call and whose `warnings.warn` breaks the graph of a traced forward (three breaks per
+forward for Gemma 3). Models with sliding-window layers
 (Gemma 3) get a {"full_attention", "sliding_attention"} dict, with the window counted inside the
 row, which is the window inside the sample because a sample's tokens are contiguous.
 """
@@ -21,10 +25,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch.nn.attention.flex_attention import create_block_mask
 
 # Implementations that take a prepared mask; flash-attention's varlen path takes cumulative
 # sequence lengths instead (not wired up: use flex_attention on CUDA).
 SUPPORTED = ("sdpa", "eager", "flex_attention")
+# Compiled, create_block_mask builds the block mask from the mask function block by block, without the
+# (B, 1, T, T) tensor it materialises eagerly; it compiles once per row shape.
+compiled_create_block_mask = torch.compile(create_block_mask)
 
 
 def packed_attention_mask(config: Any, sequence_ids: torch.Tensor, dtype: torch.dtype) -> Any:
@@ -40,8 +48,11 @@ def packed_attention_mask(config: Any, sequence_ids: torch.Tensor, dtype: torch.
     same_sample = packed_sequence_mask_function(sequence_ids)
 
     def build(pattern):
+        mask_function = and_masks(pattern, same_sample)
+        if impl == "flex_attention":  # (batch, head, q, kv) mask functions are flex mask_mods
+            return compiled_create_block_mask(mask_function, batch, None, length, length, sequence_ids.device)
         return ALL_MASK_ATTENTION_FUNCTIONS[impl](
-            batch_size=batch, q_length=length, kv_length=length, mask_function=and_masks(pattern, same_sample),
+            batch_size=batch, q_length=length, kv_length=length, mask_function=mask_function,
             attention_mask=None, allow_is_causal_skip=False, use_vmap=False, dtype=dtype, config=config,
             device=sequence_ids.device)
 
