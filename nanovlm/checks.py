@@ -138,11 +138,8 @@ def check_config(cfg: ExperimentConfig) -> None:
     if t.loss_kernel == "liger":
         _check_liger(t.device)
     if t.attention == "flex_attention" and _on_cpu(t.device):
-        import torch
-
-        raise ConfigError(f"train.attention=flex_attention: FlexAttention has no backward pass on the CPU (torch "
-                          f"{torch.__version__}), so it cannot train here; use --attention auto (sdpa on the CPU, "
-                          f"flex_attention on CUDA) or sdpa")
+        raise ConfigError("train.attention=flex_attention: FlexAttention has no backward pass on the CPU, so it cannot "
+                          "train here; use --attention auto (sdpa on the CPU, flex_attention on CUDA) or sdpa")
 
     if d.dataset != "synthetic":
         missing = missing_local_path(d.dataset)

@@ -11,13 +11,14 @@ detection from position ids, which checks `.all()` on the device in eager mode.
 The mask comes from transformers' own mask functions (`masking_utils`), so each attention
 implementation gets what it expects: a (B, 1, T, T) boolean tensor for SDPA (fine on CPU and for
 short rows), an additive float mask for eager, and a FlexAttention `BlockMask` (no T x T tensor;
-blocks outside every sample are skipped) for `flex_attention`. The BlockMask is made here by one
-compiled `create_block_mask`: transformers' `flex_attention_mask` asks torch for
-`create_block_mask(_compile=True)`, a deprecated path that wraps it in a new `torch.compile` at
-every call and whose `warnings.warn` breaks the graph of a traced forward (three breaks per
-forward for Gemma 3). Models with sliding-window layers
+blocks outside every sample are skipped) for `flex_attention`. Models with sliding-window layers
 (Gemma 3) get a {"full_attention", "sliding_attention"} dict, with the window counted inside the
 row, which is the window inside the sample because a sample's tokens are contiguous.
+
+The BlockMask is made here, by one compiled `create_block_mask`: transformers' `flex_attention_mask`
+calls `create_block_mask(_compile=True)`, a path torch has deprecated, which wraps the function in
+a new `torch.compile` at every call and whose `warnings.warn` breaks the graph of a traced forward
+(three breaks per forward for Gemma 3).
 """
 
 from __future__ import annotations
