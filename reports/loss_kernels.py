@@ -25,7 +25,7 @@ import torch
 from nanovlm.data.processors import IGNORE_INDEX
 from nanovlm.model.loss import BACKENDS, linear_cross_entropy, pick_backend
 from nanovlm.step import autocast_for
-from reports.measure import _sync
+from reports.measure import sync
 
 
 def _inputs(rows: int, dim: int, vocab: int, device: torch.device, seed: int = 0):
@@ -69,10 +69,10 @@ def measure(device: torch.device, rows: int, dim: int, vocab: int, softcap: floa
             torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
         for _ in range(repeats):
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
             run_backend(backend, hidden, weight, targets, softcap, chunk_size)
-            _sync(device)
+            sync(device)
             times.append(time.perf_counter() - start)
         seconds = statistics.median(times)
         row: dict[str, float | str] = {"backend": backend, "ms": seconds * 1e3, "rows_per_s": rows / seconds}

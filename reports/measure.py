@@ -57,7 +57,8 @@ class Measurement:
     tags: dict[str, str] = field(default_factory=dict)
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA; CPU ops run synchronously)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -132,12 +133,12 @@ def measure(cfg: ExperimentConfig, batch_size: int = 1, seq_len: int = 128, step
     step_times, fb_times, opt_times, outs = [], [], [], []
     with PeakMemory(dev) as peak:
         for _ in range(warmup + steps):
-            _sync(dev)
+            sync(dev)
             t0 = time.perf_counter()
             clock.mark("start")
             out = training_step.train_step(step_model, model, optimizer, micro_batches, autocast, cfg.train.max_grad_norm,
                                            graphs=graphs)
-            _sync(dev)
+            sync(dev)
             step_times.append(time.perf_counter() - t0)
             fb, opt = clock.split()
             fb_times.append(fb)
@@ -192,12 +193,12 @@ def write_trace(run_step: Any, device: torch.device, steps: int, path: str) -> N
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.type == "cuda"
-    _sync(device)
+    sync(device)
     started = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]) as prof:
         for _ in range(steps):
             run_step()
-        _sync(device)
+        sync(device)
     wall = time.perf_counter() - started
     averages = prof.key_averages()
     lines = [f"{steps} steps: {wall / steps * 1e3:.1f} ms wall per step"]
