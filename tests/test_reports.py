@@ -94,7 +94,7 @@ def test_profile_logs_a_run_with_measurements_and_provenance(profile_run):
     assert params["profile.isolated"] == "True" and params["model.tiny"] == "True"
 
 
-def test_a_failing_row_ends_failed_with_its_reason_and_keeps_parameter_counts(store, client):
+def test_a_failing_row_ends_failed_with_its_reason_parameter_counts_and_a_footnote(store, client):
     # 10 tokens cannot hold tiny's 16 image tokens: the measurement raises, the run records why.
     rc = profile.main(["--presets", "tiny", "--seq_len", "10", "--steps", "1", "--warmup", "0", "--device", "cpu",
                        "--tracking_uri", store, "--experiment", "profile_failures", "--in_process"])
@@ -103,6 +103,15 @@ def test_a_failing_row_ends_failed_with_its_reason_and_keeps_parameter_counts(st
     assert run.info.status == "FAILED"
     assert "seq_len 10" in run.data.tags[report_names.ERROR_TAG]
     assert run.data.metrics[report_names.param_metric("total")] == count_parameters(get_preset("tiny"))["total"]
+
+    # The table shows the failure as the empty cell's footnote.
+    frame, missing = load_runs(["profile_failures"], store)
+    assert not missing
+    md = build_table(frame).markdown
+    tiny = _cells(md, "tiny")
+    assert tiny["Total Params"] == "0.21M"  # counted before the measurement failed
+    note = _footnote(md, tiny["Training speed (samples/s)"])
+    assert "failed" in note and "seq_len 10" in note
 
 
 def test_profile_rejects_unknown_presets_before_running_anything(capsys):
@@ -328,16 +337,6 @@ def test_table_writes_both_plots(table):
     for name in ("params_vs_mmstar.png", "throughput.png"):
         data = (table["out"] / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
-
-
-def test_a_failed_profile_row_shows_its_error_as_the_footnote(store):
-    frame, missing = load_runs(["profile_failures"], store)
-    assert not missing
-    md = build_table(frame).markdown
-    tiny = _cells(md, "tiny")
-    assert tiny["Total Params"] == "0.21M"  # counted before the measurement failed
-    note = _footnote(md, tiny["Training speed (samples/s)"])
-    assert "failed" in note and "seq_len 10" in note
 
 
 def test_eval_columns_follow_the_patterns():
