@@ -4,11 +4,12 @@ compiled blocks do not recompile once the batch shapes have been seen."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import model_batch, tiny_vlm
+from conftest import model_batch
 from nanovlm.config import ModelConfig, TrainConfig
 from nanovlm.data.datasets import SampleProcessor
 from nanovlm.data.packing import collate_rows, model_inputs, pack
@@ -52,7 +53,7 @@ def test_a_non_finite_step_leaves_weights_and_optimizer_untouched():
 def test_the_forward_pass_has_no_graph_breaks(language, attention):
     """sdpa: the CPU's kernel; flex_attention: the CUDA default (traced without grad: it has no CPU backward),
     whose block masks for Gemma's full and sliding-window layers are built in the traced forward."""
-    model = tiny_vlm("siglip", language).train()
+    model = _fresh(language)  # not the shared tiny_vlm: this switches its attention kernel
     model.lm.set_attn_implementation(attention)
     samples = _samples(model, ["What colour?", "Where is it?", "Shape?"], ["red", "top", "a square"])
     with torch.set_grad_enabled(attention != "flex_attention"):
@@ -230,3 +231,27 @@ def test_cuda_graph_bookkeeping_gives_the_eager_steps(monkeypatch):
     (eager, eager_params), (replayed, replayed_params) = results
     assert torch.equal(replayed, eager) and eager[:, 2].sum() == 0
     assert all(torch.equal(a, b) for a, b in zip(replayed_params, eager_params))
+
+
+def test_an_uncompiled_cpu_step_never_imports_inductor():
+    """Inductor costs a process 2 s to import: only a compiled step (or FlexAttention's block masks) may load it,
+    not the model and step of a CPU run, an evaluation or a sweep worker."""
+    import subprocess
+    import sys
+
+    script = """if True:
+        import sys
+        from conftest import model_batch
+        from nanovlm.config import TrainConfig
+        from nanovlm.optim import build_optimizer
+        from nanovlm.step import train_step
+        from test_packing import _samples
+        from test_step import CPU, _fresh
+
+        model = _fresh("gemma")
+        batch = model_batch(model, _samples(model, ["What colour?", "Where?"], ["red", "top"]))
+        train_step(model, model, build_optimizer(model, TrainConfig()), [batch], CPU, 1.0).tolist()
+        print("torch._inductor.compile_fx" in sys.modules)"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parent, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "False"

@@ -31,9 +31,20 @@ from torch.nn.attention.flex_attention import create_block_mask
 # Implementations that take a prepared mask; flash-attention's varlen path takes cumulative
 # sequence lengths instead (not wired up: use flex_attention on CUDA).
 SUPPORTED = ("sdpa", "eager", "flex_attention")
-# Compiled, create_block_mask builds the block mask from the mask function block by block, without the
-# (B, 1, T, T) tensor it materialises eagerly; it compiles once per row shape.
-compiled_create_block_mask = torch.compile(create_block_mask)
+
+
+_compiled_create_block_mask: Any = None  # made on first use: see compiled_create_block_mask
+
+
+def compiled_create_block_mask(*args: Any) -> Any:
+    """`create_block_mask`, compiled: it builds the block mask from the mask function block by block, without
+    the (B, 1, T, T) tensor it materialises eagerly, and compiles once per row shape. The compiled function is
+    made on first use, since making it imports inductor: 2 s that a process without FlexAttention (every
+    CPU run and command) need not spend."""
+    global _compiled_create_block_mask
+    if _compiled_create_block_mask is None:
+        _compiled_create_block_mask = torch.compile(create_block_mask)
+    return _compiled_create_block_mask(*args)
 
 
 def packed_attention_mask(config: Any, sequence_ids: torch.Tensor, dtype: torch.dtype) -> Any:
