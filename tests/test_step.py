@@ -238,8 +238,9 @@ def test_an_uncompiled_cpu_step_never_imports_inductor():
     not the model and step of a CPU run, an evaluation or a sweep worker."""
     import subprocess
     import sys
+    import textwrap
 
-    script = """if True:
+    script = textwrap.dedent("""
         import sys
         from conftest import model_batch
         from nanovlm.config import TrainConfig
@@ -251,7 +252,8 @@ def test_an_uncompiled_cpu_step_never_imports_inductor():
         model = _fresh("gemma")
         batch = model_batch(model, _samples(model, ["What colour?", "Where?"], ["red", "top"]))
         train_step(model, model, build_optimizer(model, TrainConfig()), [batch], CPU, 1.0).tolist()
-        print("torch._inductor.compile_fx" in sys.modules)"""
+        print("torch._inductor.compile_fx" in sys.modules)
+    """)
     done = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parent, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "False"
